@@ -1,0 +1,1 @@
+"""lesson_lib: the tested implementations behind the course notebooks."""

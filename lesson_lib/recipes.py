@@ -1,0 +1,129 @@
+"""Named training recipes: the exact model, data, loss and settings behind each shipped model.
+
+``python -m lesson_lib.train --config NAME`` trains a recipe and ``lesson_lib.pretrained.load``
+rebuilds its architecture from the same recipe, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+from torch import nn
+
+from .data import load_mnist
+from .latent import (
+    AUTOENCODER_TRAIN,
+    LATENT_SCHEDULE,
+    LATENT_TRAIN,
+    LATENT_UNET,
+    AutoEncoder,
+    AutoEncoderConfig,
+    LatentDiffusion,
+    autoencoder_loss,
+    encoded_mnist,
+    latent_diffusion_loss,
+)
+from .metrics import CLASSIFIER_TRAIN, Classifier, classifier_loss
+from .schedules import NoiseSchedule
+from .text import TextEncoderConfig
+from .training import TrainConfig, diffusion_loss
+from .unet import UNet, UNetConfig
+
+
+def bundled_train() -> list[torch.Tensor]:
+    """The bundled subset's 4,500 training digits and labels, so every run sees the same data."""
+    return list(load_mnist("train", source="bundled"))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    about: str  # one line for the manifest and --help
+    make_model: Callable[[], nn.Module]  # the architecture, freshly initialised
+    train: TrainConfig  # optimiser, batch, steps, EMA, seed
+    loss: Callable[[nn.Module, Sequence[torch.Tensor], torch.Generator], torch.Tensor]
+    load_data: Callable[[], list[torch.Tensor]] = bundled_train  # the tensors batches come from
+    data: str = "bundled MNIST subset, train split (4,500 digits)"  # for the manifest
+    schedule: NoiseSchedule | None = None  # the noise schedule (diffusion models only)
+    model_config: dict = field(default_factory=dict)  # recorded in the manifest
+
+
+def _unet_recipe(name: str, about: str, config: UNetConfig, train: TrainConfig) -> Recipe:
+    schedule = NoiseSchedule.linear(config.num_timesteps)
+
+    def loss(model, batch, generator):
+        images, labels = batch
+        return diffusion_loss(model, schedule, images, labels, 0.1, generator)
+
+    return Recipe(
+        name=name,
+        about=about,
+        make_model=lambda: UNet(config),
+        train=train,
+        loss=loss,
+        schedule=schedule,
+        model_config=vars(config).copy(),
+    )
+
+
+# The shipped pixel-space model: 1.2M parameters, attention at 7x7 only (cheaper per call than
+# diffusers' UNet2DModel with 32/64/64 channels and attention at 14x14 and 7x7).
+MNIST_UNET = UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1)
+
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in [
+        _unet_recipe(
+            "mnist",
+            "class-conditional U-Net (label dropout 0.1) on MNIST digits, linear schedule T=1000",
+            MNIST_UNET,
+            TrainConfig(steps=6_000, batch_size=64, lr=1e-3, warmup=300, ema_decay=0.999),
+        ),
+        _unet_recipe(
+            "mnist_tiny",
+            "a tiny class-conditional U-Net for smoke tests and live demos (not shipped)",
+            UNetConfig(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, heads=2),
+            TrainConfig(steps=300, batch_size=32, lr=2e-3, warmup=50, ema_decay=0.99),
+        ),
+        Recipe(
+            name="mnist_classifier",
+            about="small CNN classifier of MNIST digits, for sample-quality metrics",
+            make_model=Classifier,
+            train=CLASSIFIER_TRAIN,
+            loss=classifier_loss,
+        ),
+        Recipe(
+            name="mnist_autoencoder",
+            about="light-KL VAE: 28x28 digits <-> 4x7x7 latents, for latent diffusion",
+            make_model=AutoEncoder,
+            train=AUTOENCODER_TRAIN,
+            loss=autoencoder_loss,
+            model_config=asdict(AutoEncoderConfig()),
+        ),
+        Recipe(
+            name="mnist_latent",
+            about="prompt-conditioned latent diffusion (text encoder + U-Net with "
+            "cross-attention, prompt dropout 0.1) on mnist_autoencoder latents, linear T=1000",
+            make_model=LatentDiffusion,
+            train=LATENT_TRAIN,
+            loss=latent_diffusion_loss,
+            load_data=encoded_mnist,
+            data="bundled MNIST subset, train split (4,500 digits), encoded once by the shipped "
+            "mnist_autoencoder",
+            schedule=LATENT_SCHEDULE,
+            model_config={"unet": vars(LATENT_UNET).copy(), "text": asdict(TextEncoderConfig())},
+        ),
+    ]
+}
+
+
+def get_recipe(name: str, steps: int | None = None) -> Recipe:
+    """The recipe called ``name``; ``steps`` overrides its number of training steps."""
+    if name not in RECIPES:
+        raise ValueError(f"config={name!r} is not a known recipe: allowed {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    if steps is not None:
+        recipe = replace(recipe, train=replace(recipe.train, steps=steps))
+    return recipe

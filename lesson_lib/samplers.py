@@ -1,0 +1,207 @@
+"""Reverse-process samplers: DDPM (Ho et al. 2020) and DDIM (Song et al. 2021).
+
+A model is any callable `model(x_t, t, **cond) -> eps` with t a LongTensor (B,). Samplers are
+plain functions: nothing is stored between calls, randomness comes from `generator` or `noise`,
+and nothing is clipped unless asked for. Put a network in eval mode before sampling.
+
+Timesteps: each `t` (and DDIM's `t_prev`) is a Python int (the same step for the whole batch) or
+a LongTensor (B,) (one step per sample). `t_prev = -1` means "done", where alpha_bar = 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from .checks import check_choice, check_int, check_real, check_shape, check_tensor
+from .forward import noise_like
+from .param import eps_from_x0, x0_from_eps
+from .schedules import NoiseSchedule, as_timesteps, broadcast_like
+
+__all__ = ["ddpm_step", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddim_sample", "Trajectory"]
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+class Trajectory(NamedTuple):
+    """A whole sampling run, for scrubbing through step by step (stacked on the CPU)."""
+
+    x: torch.Tensor  # the final sample x_0, (B, ...), on the input's device
+    timesteps: torch.Tensor  # the N timesteps visited, (N,) long, first to last
+    x_t: torch.Tensor  # the input to each step, (N, B, ...); x_t[0] is x_T
+    x0_pred: torch.Tensor  # each step's predicted x0, (N, B, ...)
+
+
+def ddpm_step(
+    schedule: NoiseSchedule,
+    x_t: torch.Tensor,
+    t,
+    eps: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One ancestral step x_t -> x_{t-1} (Ho et al. 2020, Algorithm 2), variance beta_tilde.
+
+    x_t, eps: (B, ...); t: int or LongTensor (B,). No noise is added where t = 0.
+    """
+    check_tensor("x_t", x_t)
+    check_shape("eps", eps, x_t.shape)
+    t = as_timesteps("t", t, schedule.T, x_t.shape[0])
+    ab, betas = schedule.alpha_bar, schedule.betas
+    mean = schedule.at(1 / schedule.alphas.sqrt(), t, x_t) * (
+        x_t - schedule.at(betas / (1 - ab).sqrt(), t, x_t) * eps
+    )  # Ho et al. 2020, Eq. 11
+    beta_tilde = (1 - schedule.alpha_bar_prev) / (1 - ab) * betas  # Eq. 7; 0 at t = 0
+    if noise is None and not bool((t > 0).any()):
+        return mean  # nothing to add: don't draw from the generator
+    return mean + schedule.at(beta_tilde.sqrt(), t, x_t) * noise_like(x_t, noise, generator)
+
+
+def ddim_step(
+    schedule: NoiseSchedule,
+    x_t: torch.Tensor,
+    t,
+    t_prev,
+    eps: torch.Tensor,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One DDIM step x_t -> x_{t_prev} (Song et al. 2021, Eq. 12); eta = 0 is deterministic.
+
+    x_t, eps: (B, ...); t: int or LongTensor (B,); t_prev < t, with -1 meaning "done".
+    eta = 1 with t_prev = t - 1 is the DDPM step.
+    """
+    check_tensor("x_t", x_t)
+    check_shape("eps", eps, x_t.shape)
+    eta = check_real("eta", eta, low=0.0)
+    B = x_t.shape[0]
+    t = as_timesteps("t", t, schedule.T, B)
+    t_prev = as_timesteps("t_prev", t_prev, schedule.T, B, low=-1)
+    if bool((t_prev >= t).any()):
+        raise ValueError(f"t_prev={t_prev.tolist()} must be smaller than t={t.tolist()}")
+    # float64 (B,) coefficients; alpha_bar at t_prev = -1 is 1 (index 0 of the padded table).
+    ab_t = schedule.alpha_bar[t]
+    ab_prev = torch.cat([schedule.alpha_bar.new_ones(1), schedule.alpha_bar])[t_prev + 1]
+    sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()  # Eq. 16
+    x0 = x0_from_eps(schedule, x_t, t, eps)  # "predicted x0", Eq. 12
+    dir_xt = (1 - ab_prev - sigma**2).clamp(min=0).sqrt()  # "direction pointing to x_t", Eq. 12
+    x_prev = broadcast_like(ab_prev.sqrt(), x_t) * x0 + broadcast_like(dir_xt, x_t) * eps
+    if eta == 0 and noise is None:
+        return x_prev
+    return x_prev + broadcast_like(sigma, x_t) * noise_like(x_t, noise, generator)  # Eq. 12
+
+
+def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> torch.Tensor:
+    """The `steps` timesteps a DDIM run visits, largest first: LongTensor (steps,).
+
+    Matches diffusers' `DDIMScheduler.set_timesteps` (steps_offset=0) for each `timestep_spacing`:
+    - "leading": the lesson's `range(0, T, T // steps)` reversed, cut to `steps` entries; never
+      visits T-1 (for T=1000, steps=50 it starts at 980);
+    - "trailing": starts at T-1, spaced T/steps apart (diffusers can add a stray -1 entry for
+      some `steps`, e.g. T=1000, steps=61; this gives exactly `steps`);
+    - "linspace": `steps` points from T-1 down to 0, rounded.
+    """
+    T = check_int("T", T, low=1)
+    steps = check_int("steps", steps, low=1, high=T)
+    check_choice("spacing", spacing, SPACINGS)
+    i = torch.arange(steps, dtype=torch.float64)
+    if spacing == "leading":
+        ts = i * (T // steps)
+    elif spacing == "trailing":
+        delta = (T - T / steps) - T  # the float step as numpy.arange (diffusers) takes it, so
+        ts = torch.round(T + i * delta) - 1  # ties (x.5) round to even just as in diffusers
+    else:
+        ts = torch.round(i * ((T - 1) / (steps - 1))) if steps > 1 else i
+        ts[-1] = T - 1 if steps > 1 else 0
+    ts = ts.long()
+    return ts.flip(0) if spacing != "trailing" else ts
+
+
+def _call_model(model: Callable, x: torch.Tensor, t: int, cond: dict) -> torch.Tensor:
+    eps = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), **cond)
+    if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
+        got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+        raise ValueError(f"model output must be eps shaped like x_t {tuple(x.shape)}, got {got}")
+    return eps
+
+
+def _sample(model, schedule, x_T, pairs, step, clip_x0, progress, return_trajectory, cond):
+    """The loop both samplers share: call the model, (optionally clip x0), step."""
+    check_tensor("x_T", x_T)
+    if x_T.ndim == 0:
+        raise ValueError("x_T must have a batch dimension (B, ...), got a 0-d tensor")
+    x, xs, x0s = x_T, [], []
+    for t, t_prev in tqdm(pairs, disable=not progress, desc="sampling"):
+        eps = _call_model(model, x, t, cond)
+        x0 = x0_from_eps(schedule, x, t, eps)
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+            eps = eps_from_x0(schedule, x, t, x0)
+        if return_trajectory:
+            xs.append(x.cpu())
+            x0s.append(x0.cpu())
+        x = step(x, t, t_prev, eps)
+    if not return_trajectory:
+        return x
+    timesteps = torch.tensor([t for t, _ in pairs], dtype=torch.long)
+    return Trajectory(x, timesteps, torch.stack(xs), torch.stack(x0s))
+
+
+@torch.no_grad()
+def ddpm_sample(
+    model: Callable,
+    schedule: NoiseSchedule,
+    x_T: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    clip_x0: bool = False,
+    progress: bool = False,
+    return_trajectory: bool = False,
+    **cond,
+) -> torch.Tensor | Trajectory:
+    """Ancestral sampling through all T steps (Ho et al. 2020, Algorithm 2). x_T: (B, ...).
+
+    `cond` goes to the model (e.g. `y=labels`); `clip_x0` clamps each predicted x0 to [-1, 1].
+    Returns x_0 (B, ...), or a `Trajectory` when `return_trajectory`.
+    """
+    pairs = [(t, t - 1) for t in range(schedule.T - 1, -1, -1)]
+
+    def step(x, t, t_prev, eps):
+        return ddpm_step(schedule, x, t, eps, generator=generator)
+
+    return _sample(model, schedule, x_T, pairs, step, clip_x0, progress, return_trajectory, cond)
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: Callable,
+    schedule: NoiseSchedule,
+    x_T: torch.Tensor,
+    steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = "leading",
+    *,
+    generator: torch.Generator | None = None,
+    clip_x0: bool = False,
+    progress: bool = False,
+    return_trajectory: bool = False,
+    **cond,
+) -> torch.Tensor | Trajectory:
+    """DDIM sampling in `steps` steps (Song et al. 2021, Eq. 12). x_T: (B, ...).
+
+    Timesteps come from `ddim_timesteps(T, steps, spacing)`; each step goes to the next one
+    listed, the last to -1. (diffusers steps to t - T // steps instead, which differs for
+    "linspace".) Returns x_0 (B, ...), or a `Trajectory` when `return_trajectory`.
+    """
+    eta = check_real("eta", eta, low=0.0)
+    ts = ddim_timesteps(schedule.T, steps, spacing).tolist()
+    pairs = list(zip(ts, ts[1:] + [-1], strict=True))
+
+    def step(x, t, t_prev, eps):
+        return ddim_step(schedule, x, t, t_prev, eps, eta, generator=generator)
+
+    return _sample(model, schedule, x_T, pairs, step, clip_x0, progress, return_trajectory, cond)

@@ -1,0 +1,156 @@
+"""Train a named recipe: ``python -m lesson_lib.train --config NAME --steps N --out DIR``.
+
+Resumes from ``DIR/checkpoint.pt`` when it exists. Under ``torchrun --nproc_per_node K`` it trains
+data-parallel (PyTorch DDP: gloo on CPU, nccl on GPU); only rank 0 writes. At the end ``DIR``
+holds ``model.pt`` (the EMA weights), ``info.json`` and, for diffusion models, ``history.pt``
+(sample grids from fixed noise during training); ``--ship`` copies them into
+``lesson_lib/weights`` and records them in its manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .device import pick_device
+from .guidance import cfg
+from .pretrained import MANIFEST, WEIGHTS, manifest, sha256
+from .recipes import RECIPES, Recipe, get_recipe
+from .samplers import ddim_sample
+from .training import save_atomic, train
+
+HISTORY_SNAPSHOTS = 24  # sample grids kept over a run, for notebook 04's slider
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> uint8 in [0, 255]."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+class History:
+    """Every ``every`` steps, sample one of each digit from the same noise (DDIM 25, w = 3)."""
+
+    def __init__(self, recipe: Recipe, path: Path, every: int, device):
+        self.recipe, self.path, self.every = recipe, path, every
+        gen = torch.Generator().manual_seed(1234)
+        self.noise = torch.randn(10, 1, 28, 28, generator=gen).to(device)
+        self.labels = torch.arange(10, device=device)
+        saved = torch.load(path, weights_only=True) if path.exists() else None
+        self.steps = saved["steps"].tolist() if saved else []
+        self.images = list(saved["images"]) if saved else []
+
+    def __call__(self, step: int, loss: float, ema) -> None:
+        if step % self.every or step in self.steps:
+            return
+        x = ddim_sample(cfg(ema, 3.0), self.recipe.schedule, self.noise, 25, y=self.labels)
+        self.steps.append(step)
+        self.images.append(to_uint8(x))
+        save_atomic(
+            {"steps": torch.tensor(self.steps), "images": torch.stack(self.images)}, self.path
+        )
+
+
+def _hardware(device: torch.device, world: int) -> str:
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = (
+            f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        )
+    return f"{world} x {what}, torch {torch.__version__}"
+
+
+def ship(out: Path, name: str) -> None:
+    """Copy a finished run's files into lesson_lib/weights and record them in the manifest."""
+    info = json.loads((out / "info.json").read_text())
+    entries = manifest()
+    entry = dict(info)
+    for key, src in [("file", out / "model.pt"), ("history", out / "history.pt")]:
+        if src.exists():
+            dst = WEIGHTS / f"{name}{'' if key == 'file' else '_history'}.pt"
+            shutil.copyfile(src, dst)
+            entry[key], entry[f"{key}_sha256"] = dst.name, sha256(dst)
+    entries[name] = entry  # quality figures are added by scripts/benchmark_models.py
+    MANIFEST.write_text(json.dumps(entries, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m lesson_lib.train", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--config", required=True, choices=sorted(RECIPES), help="recipe name")
+    parser.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    parser.add_argument("--out", required=True, type=Path, help="run folder (resumed if present)")
+    parser.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--ship", action="store_true", help="copy the result into lesson_lib/weights"
+    )
+    args = parser.parse_args(argv)
+    recipe = get_recipe(args.config, args.steps)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device(args.device) if args.device else pick_device()
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+
+    torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank
+    model = recipe.make_model()
+    history = None
+    if recipe.schedule is not None and rank == 0:
+        every = max(recipe.train.log_every, recipe.train.steps // HISTORY_SNAPSHOTS)
+        every -= every % recipe.train.log_every  # the callback runs on logging steps
+        history = History(recipe, args.out / "history.pt", every, device)
+    start = time.perf_counter()
+    result = train(
+        model,
+        recipe.loss,
+        recipe.load_data(),
+        recipe.train,
+        out_dir=args.out,
+        device=device,
+        progress=not args.no_progress,
+        callback=history,
+    )
+    if rank == 0:
+        save_atomic(result.model.state_dict(), args.out / "model.pt")
+        info = {
+            "recipe": recipe.name,
+            "about": recipe.about,
+            "model_config": recipe.model_config,
+            "schedule": None if recipe.schedule is None else f"linear, T={recipe.schedule.T}",
+            "data": recipe.data,
+            "command": f"python -m lesson_lib.train --config {recipe.name} "
+            f"--steps {recipe.train.steps} --out {shlex.quote(str(args.out))}",
+            "steps": result.step,
+            "train_config": asdict(recipe.train),
+            "hardware": _hardware(device, world),
+            "seconds_last_session": round(time.perf_counter() - start, 1),
+            "final_loss": result.losses[-1][1] if result.losses else None,
+            "parameters": sum(p.numel() for p in result.model.parameters()),
+        }
+        (args.out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+        print(f"wrote {args.out / 'model.pt'} ({result.step} steps)", file=sys.stderr)
+        if args.ship:
+            ship(args.out, recipe.name)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Training: the simple noise-prediction loss and one training loop for every course model.
+
+The loop keeps an EMA copy of the weights (the copy that samples), clips gradients, shows a tqdm
+bar with the loss, writes checkpoints atomically (temporary file, then rename) every
+``checkpoint_every`` steps and on Ctrl-C, and resumes exactly where a checkpoint stopped: the
+weights, the optimiser, the step and every random generator are restored. Under ``torchrun`` it
+trains data-parallel with PyTorch DDP; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checks import check_int, check_real, check_tensor
+from .forward import q_sample
+from .guidance import drop_labels
+from .schedules import NoiseSchedule
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int  # optimiser steps in total; a resumed run continues up to this number
+    batch_size: int = 64  # global batch, split evenly over DDP ranks
+    lr: float = 2e-4  # peak AdamW learning rate (Loshchilov & Hutter 2019)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    warmup: int = 100  # linear learning-rate warm-up, then cosine decay to 0 at `steps`
+    ema_decay: float = 0.999  # EMA of the weights; warmed up as min(decay, (1+n)/(10+n))
+    grad_clip: float = 1.0  # largest global gradient norm
+    checkpoint_every: int = 500  # steps between atomic checkpoints (0: only at the end)
+    log_every: int = 25  # steps between logged (averaged) losses
+    seed: int = 0  # seeds the model's initial weights and every random draw of the run
+
+    def __post_init__(self):
+        check_int("steps", self.steps, low=1)
+        check_int("batch_size", self.batch_size, low=1)
+        check_real("lr", self.lr, low=0.0, low_open=True)
+        check_real("weight_decay", self.weight_decay, low=0.0)
+        check_int("warmup", self.warmup, low=0)
+        check_real("ema_decay", self.ema_decay, low=0.0, high=1.0, high_open=True)
+        check_real("grad_clip", self.grad_clip, low=0.0, low_open=True)
+        check_int("checkpoint_every", self.checkpoint_every, low=0)
+        check_int("log_every", self.log_every, low=1)
+        check_int("seed", self.seed, low=0)
+
+
+def diffusion_loss(
+    model: Callable,
+    schedule: NoiseSchedule,
+    x0: torch.Tensor,
+    y: torch.Tensor | None = None,
+    p_uncond: float = 0.1,
+    generator: torch.Generator | None = None,
+    **cond,
+) -> torch.Tensor:
+    """The simple loss ``|| eps - eps_theta(x_t, t) ||^2`` (Ho et al. 2020, Eq. 14; Algorithm 1).
+
+    ``x0``: (B, ...) clean data; ``y``: (B,) labels or None. A fraction ``p_uncond`` of labels is
+    replaced by the null label (Ho & Salimans 2022), so one model learns both conditional and
+    unconditional noise prediction. Extra ``cond`` (e.g. ``context``) goes to the model as is.
+    """
+    check_tensor("x0", x0)
+    check_real("p_uncond", p_uncond, low=0.0, high=1.0)
+    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator, device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    x_t = q_sample(schedule, x0, t, noise)  # Eq. 4
+    if y is not None:
+        cond["y"] = drop_labels(y, p_uncond, generator=generator)
+    return F.mse_loss(model(x_t, t, **cond), noise)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # the EMA weights, in eval mode
+    losses: list[tuple[int, float]]  # (step, mean loss over the last log_every steps)
+    step: int  # the step the run ended at
+
+
+def _lr_at(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 0 (Loshchilov & Hutter 2017)."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * weights, for every parameter at once; buffers copied."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
+        b_ema.copy_(b)
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Sequence[torch.Tensor], torch.Generator], torch.Tensor],
+    data: Sequence[torch.Tensor],
+    config: TrainConfig,
+    out_dir: str | Path | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    callback: Callable[[int, float, nn.Module], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` by minimising ``loss_fn(model, batch, generator)`` over random batches of ``data``.
+
+    ``data``: tensors with the same first dimension (e.g. images and labels), kept whole on the
+    device. Each step draws ``batch_size`` rows with replacement from a seeded generator.
+    ``out_dir``: where ``checkpoint.pt`` is written; a run finding one there resumes from it.
+    ``callback(step, loss, ema_model)`` runs on rank 0 every ``log_every`` steps.
+    """
+    rank, world = _distributed()
+    if config.batch_size % world:
+        raise ValueError(f"batch_size={config.batch_size} must be divisible by the {world} ranks")
+    data = [check_tensor(f"data[{i}]", d) for i, d in enumerate(data)]
+    n = data[0].shape[0]
+    if any(d.shape[0] != n for d in data):
+        raise ValueError(f"data tensors differ in length: {[d.shape[0] for d in data]}")
+    device = torch.device(device) if device is not None else data[0].device
+    data = [d.to(device) for d in data]
+    model = model.to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator(device=device).manual_seed(config.seed * 1000 + rank)
+    step, losses = 0, []
+
+    path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
+    if path is not None and path.exists():
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        if ckpt["world"] != world:
+            raise ValueError(f"{path} was written by {ckpt['world']} ranks; this run has {world}")
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        generator.set_state(ckpt["generators"][rank].cpu())
+        step, losses = ckpt["step"], [tuple(x) for x in ckpt["losses"]]
+
+    def checkpoint() -> None:
+        states = [generator.get_state()]
+        if world > 1:
+            states = [None] * world
+            dist.all_gather_object(states, generator.get_state())
+        if rank == 0 and path is not None:
+            save_atomic(
+                {
+                    "step": step,
+                    "world": world,
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "generators": states,
+                    "losses": losses,
+                    "config": asdict(config),
+                },
+                path,
+            )
+
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc="training")
+    running, counted = 0.0, 0
+    try:
+        while step < config.steps:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(config, step)
+            idx = torch.randint(
+                0, n, (config.batch_size // world,), generator=generator, device=device
+            )
+            loss = loss_fn(net, [d[idx] for d in data], generator)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            opt.step()
+            _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            running, counted = running + loss.item(), counted + 1
+            if step % config.log_every == 0 or step == config.steps:
+                losses.append((step, running / counted))
+                bar.set_postfix(loss=f"{running / counted:.4f}")
+                if callback is not None and rank == 0:
+                    callback(step, running / counted, ema)
+                running, counted = 0.0, 0
+            bar.update(1)
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                checkpoint()
+    except KeyboardInterrupt:
+        if world == 1:
+            checkpoint()  # an interrupted run resumes from here
+        raise
+    finally:
+        bar.close()
+    checkpoint()
+    return TrainResult(model=ema, losses=losses, step=step)

@@ -1,0 +1,161 @@
+"""Measure the shipped MNIST models: sample quality, sampler speed, cost per call and per step.
+
+    python scripts/benchmark_models.py                     # quality + speed on this machine
+    python scripts/benchmark_models.py --anchor runs/anchor --ddpm --write-manifest
+
+Quality: DDIM 50 steps, eta 0, fixed seed, 200 samples (20 per digit) guided with w = 3, and 200
+unguided samples, each scored by the shipped classifier (accuracy, digit histogram, Fréchet
+distance beside the real-vs-real floor, nearest-neighbour novelty). ``--ddpm`` adds DDPM-1000 on
+the same noise. ``--anchor DIR`` scores the diffusers anchor (scripts/anchor.py) the same way.
+Speed: seconds per network call and per training step at batch 64 on this machine.
+Results are printed and written to docs/benchmarks_models.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lesson_lib.data import load_mnist
+from lesson_lib.guidance import cfg
+from lesson_lib.metrics import accuracy, quality_report, report_table
+from lesson_lib.pretrained import MANIFEST, load, manifest
+from lesson_lib.samplers import ddim_sample, ddpm_sample
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def timed(fn, repeats: int = 5) -> float:
+    """Median seconds of ``fn()`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def costs(model, device, schedule) -> dict:
+    """Seconds per network call (eval, no grad) and per training step (fwd + bwd), batch 64."""
+    x = torch.randn(64, 1, 28, 28, device=device)
+    t = torch.randint(0, schedule.T, (64,), device=device)
+    y = torch.randint(0, 10, (64,), device=device)
+    model.eval()
+    with torch.no_grad():
+        call = timed(lambda: model(x, t, y=y))
+    model.train()
+
+    def step():
+        model.zero_grad()
+        model(x, t, y=y).square().mean().backward()
+
+    train_step = timed(step)
+    model.eval()
+    return {"s_per_call_b64": call, "s_per_train_step_b64": train_step}
+
+
+def evaluate(model, schedule, classifier, train, heldout, device, n, ddpm: bool) -> dict:
+    """Quality of guided (w = 3) and unguided samples, DDIM-50 (and DDPM-1000) on fixed noise."""
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(n, 1, 28, 28, generator=gen).to(device)
+    labels = torch.arange(10, device=device).repeat_interleave(n // 10)
+    guided = cfg(model, 3.0)
+    out, reports = {}, {}
+    samplers = [("ddim50", lambda m, **c: ddim_sample(m, schedule, noise, 50, **c))]
+    if ddpm:
+        g = torch.Generator(device=device)
+        samplers.append(
+            (
+                "ddpm1000",
+                lambda m, **c: ddpm_sample(m, schedule, noise, generator=g.manual_seed(1), **c),
+            )
+        )
+    for name, sample in samplers:
+        for kind, fn, cond in [("guided_w3", guided, {"y": labels}), ("unguided", model, {})]:
+            start = time.perf_counter()
+            x = sample(fn, **cond).clamp(-1, 1).cpu()
+            seconds = time.perf_counter() - start
+            rep = quality_report(classifier, x, train, heldout, labels.cpu() if cond else None)
+            reports[f"{name} {kind}"] = rep
+            out[f"{name}_{kind}"] = {**rep.as_dict(), "seconds": seconds}
+    print(report_table(reports))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--ddpm", action="store_true", help="also sample DDPM-1000")
+    parser.add_argument("--anchor", type=Path, help="run folder of scripts/anchor.py")
+    parser.add_argument("--write-manifest", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks_models.json")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(2)
+
+    train, _ = load_mnist("train", source="bundled")
+    heldout, heldout_labels = load_mnist("heldout", source="bundled")
+    classifier = load("mnist_classifier", device).model
+    results = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else "cpu (2 threads)",
+        "classifier_heldout_accuracy": accuracy(classifier, heldout.to(device), heldout_labels),
+    }
+    print(
+        f"classifier accuracy on the 500 held-out digits: {results['classifier_heldout_accuracy']:.1%}"
+    )
+    shipped = load("mnist", device)
+    models = {"course": shipped.model}
+    if args.anchor:
+        from anchor import Anchor
+
+        anchor = Anchor()
+        anchor.load_state_dict(torch.load(args.anchor / "model.pt", weights_only=True))
+        models["anchor"] = anchor.to(device).eval()
+        results["anchor_training"] = json.loads((args.anchor / "info.json").read_text())
+    for name, model in models.items():
+        print(f"\n== {name}")
+        results[name] = {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            **costs(model, device, shipped.schedule),
+            **evaluate(
+                model,
+                shipped.schedule,
+                classifier,
+                train,
+                heldout,
+                device,
+                args.samples,
+                args.ddpm and name == "course",
+            ),
+        }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    if args.write_manifest:
+        entries = manifest()
+        course = results["course"]
+        entries["mnist"]["quality"] = {
+            k: course[k] for k in course if k.startswith(("ddim50", "ddpm1000"))
+        } | {"measured_on": results["device"], "by": "scripts/benchmark_models.py"}
+        entries["mnist_classifier"]["quality"] = {
+            "heldout_accuracy": results["classifier_heldout_accuracy"],
+            "heldout": "500 bundled held-out digits",
+        }
+        MANIFEST.write_text(json.dumps(entries, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

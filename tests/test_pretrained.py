@@ -1,0 +1,79 @@
+"""Shipped models: verified by sha256, refused when damaged, and as good as their manifest says."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from lesson_lib import pretrained
+from lesson_lib.data import load_mnist
+from lesson_lib.guidance import cfg
+from lesson_lib.metrics import accuracy, predict
+from lesson_lib.samplers import ddim_sample
+
+SHIPPED = ["mnist", "mnist_classifier"]
+
+
+@pytest.fixture
+def weights_copy(tmp_path, monkeypatch):
+    """A private copy of lesson_lib/weights that a test may damage."""
+    copy = tmp_path / "weights"
+    shutil.copytree(pretrained.WEIGHTS, copy)
+    monkeypatch.setattr(pretrained, "WEIGHTS", copy)
+    monkeypatch.setattr(pretrained, "MANIFEST", copy / "manifest.json")
+    return copy
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_loads_in_eval_mode_with_its_manifest(name):
+    loaded = pretrained.load(name)
+    assert not loaded.model.training
+    for key in ("recipe", "data", "command", "steps", "hardware", "file_sha256"):
+        assert key in loaded.info, f"manifest entry {name!r} lacks {key!r}"
+    assert (loaded.schedule is None) == (name == "mnist_classifier")
+
+
+def test_all_shipped_weights_fit_the_size_budget():
+    total = sum(p.stat().st_size for p in pretrained.WEIGHTS.iterdir())
+    assert total <= 25 * 2**20, f"shipped weights take {total / 2**20:.1f} MB, more than 25 MB"
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="mnist_classifier") as err:
+        pretrained.load("cifar")
+    assert "'cifar'" in str(err.value)
+
+
+def test_damaged_file_is_refused_naming_file_and_checksum(weights_copy):
+    path = weights_copy / pretrained.manifest()["mnist_classifier"]["file"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256") as err:
+        pretrained.load("mnist_classifier")
+    assert path.name in str(err.value)
+    assert pretrained.manifest()["mnist_classifier"]["file_sha256"] in str(err.value)
+
+
+def test_tampered_manifest_checksum_is_refused(weights_copy):
+    entries = json.loads((weights_copy / "manifest.json").read_text())
+    entries["mnist"]["file_sha256"] = "0" * 64
+    (weights_copy / "manifest.json").write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match="damaged or was changed"):
+        pretrained.load("mnist")
+
+
+@pytest.mark.slow
+def test_shipped_classifier_reads_held_out_digits():
+    images, labels = load_mnist("heldout", source="bundled")
+    assert accuracy(pretrained.load("mnist_classifier").model, images, labels) >= 0.97
+
+
+@pytest.mark.slow
+def test_shipped_model_draws_the_asked_digits():
+    shipped, classifier = pretrained.load("mnist"), pretrained.load("mnist_classifier").model
+    labels = torch.arange(10).repeat(2)
+    x_T = torch.randn(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    x = ddim_sample(cfg(shipped.model, 3.0), shipped.schedule, x_T, 20, y=labels)
+    assert (predict(classifier, x.clamp(-1, 1)) == labels).double().mean() >= 0.9
