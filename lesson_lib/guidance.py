@@ -8,7 +8,7 @@ import torch
 
 from .checks import check_real, check_tensor
 
-__all__ = ["NULL_LABEL", "cfg", "drop_labels"]
+__all__ = ["NULL_LABEL", "cfg", "drop_labels", "guide"]
 
 NULL_LABEL = 10  # the class index meaning "no label"; MNIST digits are 0-9
 
@@ -42,6 +42,36 @@ def drop_labels(
     return torch.where(drop, torch.full_like(y, NULL_LABEL), y)
 
 
+def guide(
+    model: Callable,
+    w: float,
+    name: str,
+    null_like: Callable[[torch.Tensor], torch.Tensor],
+    check: Callable[[torch.Tensor, int], object] | None = None,
+) -> Callable:
+    """Classifier-free guidance for any condition passed to the model as keyword ``name``.
+
+    Returns ``guided(x_t, t, c)``: eps = eps_uncond + w * (eps_cond - eps_uncond), where the
+    unconditional branch gets ``null_like(c)``. Both halves go through one model call of batch
+    2B. With ``c=None`` it is the unconditional model. ``check(c, B)`` validates ``c``.
+    """
+    w = check_real("w", w)
+    if not callable(model):
+        raise TypeError(f"model must be callable as model(x_t, t, {name}=...), got {model!r}")
+
+    def guided(x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        check_tensor("x_t", x_t)
+        if c is None:
+            return model(x_t, t, **{name: None})
+        if check is not None:
+            check(c, x_t.shape[0])
+        both = {name: torch.cat([c, null_like(c)])}  # (2B, ...)
+        eps_cond, eps_uncond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
+        return eps_uncond + w * (eps_cond - eps_uncond)  # Ho & Salimans 2022, Eq. 6 (w' = w - 1)
+
+    return guided
+
+
 def cfg(model: Callable, w: float) -> Callable:
     """Wrap a class-conditional model into a guided one: `guided(x_t, t, y) -> eps`.
 
@@ -51,17 +81,15 @@ def cfg(model: Callable, w: float) -> Callable:
     `model(cat[x_t, x_t], cat[t, t], y=cat[y, NULL_LABEL...])`, so the model must read label
     NULL_LABEL as "no label". With y=None, guided is the unconditional model.
     """
-    w = check_real("w", w)
-    if not callable(model):
-        raise TypeError(f"model must be callable as model(x_t, t, y=...), got {model!r}")
+    guided = guide(
+        model,
+        w,
+        "y",
+        lambda y: torch.full_like(y, NULL_LABEL),
+        lambda y, batch: _check_labels("y", y, batch=batch),
+    )
 
-    def guided(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        check_tensor("x_t", x_t)
-        if y is None:
-            return model(x_t, t, y=None)
-        _check_labels("y", y, batch=x_t.shape[0])
-        y_both = torch.cat([y, torch.full_like(y, NULL_LABEL)])  # (2B,)
-        eps_cond, eps_uncond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), y=y_both).chunk(2)
-        return eps_uncond + w * (eps_cond - eps_uncond)  # Ho & Salimans 2022, Eq. 6 (w' = w - 1)
+    def labelled(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return guided(x_t, t, y)
 
-    return guided
+    return labelled

@@ -79,7 +79,7 @@ RECIPES: dict[str, Recipe] = {
             "mnist",
             "class-conditional U-Net (label dropout 0.1) on MNIST digits, linear schedule T=1000",
             MNIST_UNET,
-            TrainConfig(steps=6_000, batch_size=64, lr=1e-3, warmup=300, ema_decay=0.999),
+            TrainConfig(steps=3_000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999),
         ),
         _unet_recipe(
             "mnist_tiny",

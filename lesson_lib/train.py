@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank
     model = recipe.make_model()
     history = None
-    if recipe.schedule is not None and rank == 0:
+    if recipe.model_config.get("num_classes") is not None and rank == 0:  # class-label pixel models
         every = max(recipe.train.log_every, recipe.train.steps // HISTORY_SNAPSHOTS)
         every -= every % recipe.train.log_every  # the callback runs on logging steps
         history = History(recipe, args.out / "history.pt", every, device)

@@ -7,6 +7,7 @@ from torch import nn
 from lesson_lib.latent import (
     LATENT_SCHEDULE,
     AutoEncoder,
+    AutoEncoderConfig,
     LatentDiffusion,
     attention_maps,
     autoencoder_loss,
@@ -78,13 +79,13 @@ def test_scale_factor_from_data_gives_unit_std():
 
 def test_running_scale_factor_moves_towards_the_batch_std():
     torch.manual_seed(0)
-    ae = AutoEncoder()
-    x = images(32)
+    ae = AutoEncoder(AutoEncoderConfig(scale_momentum=0.5))
+    x = images(4)
     target = 1 / ae.posterior(x)[0].std().item()
     ae.train()
-    for _ in range(300):
+    for _ in range(20):
         ae(x)
-    assert ae.scale_factor.item() == pytest.approx(target, rel=0.05)
+    assert ae.scale_factor.item() == pytest.approx(target, rel=1e-4)
     before = ae.scale_factor.clone()
     ae.eval()(x)
     assert torch.equal(ae.scale_factor, before)  # eval mode leaves it alone
@@ -177,7 +178,7 @@ def test_attention_maps_sum_to_one_over_tokens():
     shown = attention_maps(model, z, 100, ids)
     assert shown.shape == (3, MAX_TOKENS, 28, 28)
     assert torch.allclose(shown[:2].sum(1), torch.ones(2, 28, 28), atol=1e-5)
-    assert torch.all(shown[1, 0] == 1)  # one real token takes all the attention
+    assert torch.allclose(shown[1, 0], torch.ones(28, 28))  # one real token takes it all
     assert shown[0, :3].std(dim=(-1, -2)).max() > 0  # maps vary over the image
 
 

@@ -47,3 +47,11 @@ def test_notebook_is_saved_without_outputs(path):
         if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))
     ]
     assert not dirty, f"{path.name}: cells {dirty} hold outputs; strip them (nbstripout) and save"
+
+
+def test_the_notebook_stall_workaround_is_active():
+    from jupyter_client.channels import AsyncZMQSocketChannel
+
+    from tests import nbstall
+
+    assert AsyncZMQSocketChannel.get_msg is nbstall._get_msg_in_slices

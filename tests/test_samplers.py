@@ -22,15 +22,6 @@ S = NoiseSchedule.linear()
 SPACINGS = ["leading", "trailing", "linspace"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is fastest, and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _float64(scheduler, schedule=S):
     """Give a diffusers scheduler our float64 alpha_bar: the step arithmetic is compared exactly."""
     scheduler.alphas_cumprod = schedule.alpha_bar.clone()

@@ -5,7 +5,17 @@ import math
 import pytest
 import torch
 
-from lesson_lib.score import GaussianMixture, annealed_langevin, langevin
+from lesson_lib.param import eps_from_score
+from lesson_lib.samplers import ddim_sample
+from lesson_lib.schedules import NoiseSchedule
+from lesson_lib.score import (
+    GaussianMixture,
+    MLPDenoiser,
+    annealed_langevin,
+    exact_eps_model,
+    langevin,
+)
+from lesson_lib.training import TrainConfig, diffusion_loss, train
 
 ALPHA_BARS = [1.0, 0.9, 0.5, 0.1, 1e-3, 0.0]
 
@@ -199,3 +209,110 @@ def test_example_is_a_ring():
 def test_bad_input_names_the_argument(call, name):
     with pytest.raises((ValueError, TypeError), match=name):
         call(GaussianMixture.example())
+
+
+# ----------------------------------------------------------------------------- noise predictors
+
+
+def test_exact_eps_model_is_minus_sqrt_one_minus_alpha_bar_times_the_score():
+    gm, schedule = skewed_mixture(), NoiseSchedule.linear(100)
+    model = exact_eps_model(gm, schedule)
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    t = torch.tensor([0, 99, 50, 50, 7, 0])  # a different noise level per row
+    eps = model(x, t)
+    assert eps.shape == x.shape
+    for i, step in enumerate(t.tolist()):
+        ab = schedule.alpha_bar[step]
+        torch.testing.assert_close(eps[i], -(1 - ab).sqrt() * gm.score(x[i], ab))
+    torch.testing.assert_close(
+        eps[2:4], eps_from_score(schedule, gm.score(x[2:4], schedule.alpha_bar[50]), 50)
+    )
+
+
+def test_exact_eps_model_is_the_posterior_mean_of_the_noise():
+    """E[eps | x_t] by Bayes' rule over clean samples (self-normalised importance weights
+    q(x_t | x0_i)), no mixture formula: the minimiser of the training loss."""
+    gm, schedule = skewed_mixture(), NoiseSchedule.linear(1000)
+    g = torch.Generator().manual_seed(9)
+    t, ab = 300, schedule.alpha_bar[300].item()
+    x0 = gm.sample(200_000, g, dtype=torch.float64)
+    x_t = gm.sample(4, g, ab, torch.float64)
+    eps_i = (x_t[:, None] - math.sqrt(ab) * x0[None]) / math.sqrt(1 - ab)  # (4, N, 2)
+    w = torch.softmax(-0.5 * (eps_i**2).sum(-1), dim=1)
+    mc = (w[..., None] * eps_i).sum(1)
+    exact = exact_eps_model(gm, schedule)(x_t, torch.full((4,), t))
+    torch.testing.assert_close(mc, exact, atol=0.03, rtol=0)
+
+
+def test_probability_flow_with_the_exact_score_samples_the_mixture():
+    """DDIM with eta = 0 on the exact eps follows the probability-flow ODE, whose marginal at the
+    end is the data distribution: the samples have the mixture's mean and covariance."""
+    gm, schedule = skewed_mixture(), NoiseSchedule.linear(1000)
+    x_T = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    x = ddim_sample(exact_eps_model(gm, schedule), schedule, x_T, steps=100, spacing="trailing")
+    mean, cov = mixture_moments(gm)
+    torch.testing.assert_close(x.mean(0), mean, atol=0.05, rtol=0)
+    torch.testing.assert_close(x.T.cov(), cov, atol=0.1, rtol=0.05)
+
+
+def test_mlp_denoiser_shapes_and_determinism():
+    model = MLPDenoiser(dim=3, hidden=32, depth=1, T=50, fourier=8)
+    x, t = torch.randn(5, 3), torch.tensor([0, 1, 2, 48, 49])
+    assert model(x, t).shape == (5, 3)
+    assert torch.equal(MLPDenoiser(seed=4).freqs, MLPDenoiser(seed=4).freqs)
+    assert not torch.equal(MLPDenoiser(seed=4).freqs, MLPDenoiser(seed=5).freqs)
+    no_fourier = MLPDenoiser(dim=2, hidden=16, fourier=0)
+    assert no_fourier(torch.randn(4, 2), torch.zeros(4, dtype=torch.long)).shape == (4, 2)
+    x_T = torch.randn(7, 3)
+    assert ddim_sample(model.eval(), NoiseSchedule.linear(50), x_T, steps=5).shape == (7, 3)
+
+
+def test_mlp_denoiser_learns_the_mixture_noise():
+    """A short run brings the loss well below that of predicting zero (= 1) and the network
+    towards the exact eps at a mid noise level."""
+    gm, schedule = GaussianMixture.example(), NoiseSchedule.linear(1000)
+    torch.manual_seed(0)
+    data = gm.sample(5000, torch.Generator().manual_seed(11))
+    result = train(
+        MLPDenoiser(hidden=64),
+        lambda m, batch, g: diffusion_loss(m, schedule, batch[0], generator=g),
+        [data],
+        TrainConfig(
+            steps=400, batch_size=128, lr=2e-3, warmup=20, ema_decay=0.99, checkpoint_every=0
+        ),
+        progress=False,
+    )
+    assert result.losses[-1][1] < 0.6
+    x = gm.sample(2000, torch.Generator().manual_seed(12), schedule.alpha_bar[400])
+    t = torch.full((2000,), 400)
+    with torch.no_grad():
+        eps = result.model(x, t)
+    exact = exact_eps_model(gm, schedule)(x, t)
+    assert ((eps - exact).norm() / exact.norm()).item() < 0.2
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: MLPDenoiser()(torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)), "x_t"),
+        (lambda: MLPDenoiser()(torch.zeros(4, 2), torch.zeros(4)), "t"),
+        (lambda: MLPDenoiser(T=10)(torch.zeros(2, 2), torch.tensor([0, 10])), "t"),
+        (lambda: MLPDenoiser(fourier_scale=0.0), "fourier_scale"),
+        (lambda: MLPDenoiser(hidden=0), "hidden"),
+        (
+            lambda: exact_eps_model(GaussianMixture.example(), NoiseSchedule.linear(10))(
+                torch.zeros(2, 2), torch.tensor([0, 10])
+            ),
+            "t",
+        ),
+        (
+            lambda: exact_eps_model(GaussianMixture.example(), NoiseSchedule.linear(10))(
+                torch.zeros(2, 3), torch.tensor([0, 1])
+            ),
+            "x",
+        ),
+    ],
+)
+def test_noise_predictors_name_bad_arguments(call, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        call()

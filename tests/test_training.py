@@ -1,6 +1,7 @@
 """The training loop: the loss, EMA, atomic checkpoints, exact resume, and DDP under torchrun."""
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -42,12 +43,16 @@ def _loss(model, batch, generator):
 
 
 def _config(**kw):
-    return TrainConfig(**{"steps": 8, "batch_size": 8, "lr": 1e-2, "warmup": 2, "log_every": 1, **kw})
+    return TrainConfig(
+        **{"steps": 8, "batch_size": 8, "lr": 1e-2, "warmup": 2, "log_every": 1, **kw}
+    )
 
 
 def _run(out_dir=None, callback=None, **kw):
     torch.manual_seed(0)
-    return train(Tiny(), _loss, _data(), _config(**kw), out_dir=out_dir, progress=False, callback=callback)
+    return train(
+        Tiny(), _loss, _data(), _config(**kw), out_dir=out_dir, progress=False, callback=callback
+    )
 
 
 def test_diffusion_loss_is_the_mse_between_true_and_predicted_noise():
@@ -74,7 +79,9 @@ def test_label_dropout_reaches_the_model():
         got.append(y)
         return torch.zeros_like(x_t)
 
-    diffusion_loss(model, SCHEDULE, torch.zeros(1000, 1, 2, 2), torch.zeros(1000, dtype=torch.long), 0.3)
+    diffusion_loss(
+        model, SCHEDULE, torch.zeros(1000, 1, 2, 2), torch.zeros(1000, dtype=torch.long), 0.3
+    )
     frac = (got[0] == NULL_LABEL).double().mean().item()
     assert 0.25 < frac < 0.35
 
@@ -112,7 +119,7 @@ def test_checkpoints_are_written_atomically(tmp_path):
 def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     path = tmp_path / "x.pt"
     save_atomic({"a": torch.ones(1)}, path)
-    with pytest.raises(Exception):
+    with pytest.raises((AttributeError, pickle.PicklingError)):
         save_atomic({"a": lambda: 0}, path)  # a lambda cannot be pickled
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(1))
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
@@ -125,7 +132,8 @@ def test_ema_trails_the_weights():
 
 
 @pytest.mark.parametrize(
-    "field, value", [("steps", 0), ("batch_size", 0), ("lr", 0.0), ("ema_decay", 1.0), ("warmup", -1)]
+    "field, value",
+    [("steps", 0), ("batch_size", 0), ("lr", 0.0), ("ema_decay", 1.0), ("warmup", -1)],
 )
 def test_bad_config_names_the_field(field, value):
     with pytest.raises((ValueError, TypeError), match=field):
@@ -146,7 +154,9 @@ def test_torchrun_two_cpu_ranks_trains_and_resumes(tmp_path):
         "--out", str(tmp_path), "--device", "cpu", "--no-progress",
     ]  # fmt: skip
     for steps in (4, 6):
-        done = subprocess.run([*cmd, "--steps", str(steps)], env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [*cmd, "--steps", str(steps)], env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
         assert ckpt["step"] == steps and ckpt["world"] == 2 and len(ckpt["generators"]) == 2

@@ -21,7 +21,9 @@ class CountingModel:
 
 def test_precomputed_explorer_never_calls_the_model_on_a_slider_move():
     model = CountingModel()
-    explorer = Explorer(lambda t: png(grid(model(t)), 1), precompute=True, play="t", t=range(0, 20, 2))
+    explorer = Explorer(
+        lambda t: png(grid(model(t)), 1), precompute=True, play="t", t=range(0, 20, 2)
+    )
     assert model.calls == 10
     first = explorer.image.value
     explorer.sliders["t"].value = 8
