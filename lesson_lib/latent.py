@@ -404,7 +404,7 @@ def attention_maps(
 
 # The recipe "mnist_latent" (lesson_lib.recipes).
 LATENT_TRAIN = TrainConfig(
-    steps=6000, batch_size=128, lr=1e-3, warmup=500, ema_decay=0.9995, log_every=50
+    steps=3000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, log_every=50
 )
 
 

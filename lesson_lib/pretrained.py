@@ -46,6 +46,8 @@ def verified_file(name: str, key: str = "file") -> tuple[Path, dict]:
         known = ", ".join(sorted(entries)) or "none (lesson_lib/weights/manifest.json is missing)"
         raise ValueError(f"name={name!r} is not a shipped model: known {known}")
     info = entries[name]
+    if key not in info:
+        raise ValueError(f"the shipped model {name!r} has no {key} file (manifest: {MANIFEST})")
     path = WEIGHTS / info[key]
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; restore it with `git checkout -- {path}`")

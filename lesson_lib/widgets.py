@@ -77,7 +77,9 @@ class Explorer(widgets.VBox):
             n = len(options[play])
             self.play = widgets.Play(min=0, max=n - 1, interval=interval_ms, description="Play")
             if isinstance(slider, widgets.IntSlider):
-                self.play.min, self.play.max, self.play.step = slider.min, slider.max, slider.step
+                # max first: setting a min above the current max is refused
+                self.play.max, self.play.min, self.play.step = slider.max, slider.min, slider.step
+                self.play.value = slider.value
                 widgets.jslink((self.play, "value"), (slider, "value"))
             else:
                 widgets.jslink((self.play, "value"), (slider, "index"))

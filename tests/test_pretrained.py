@@ -77,3 +77,8 @@ def test_shipped_model_draws_the_asked_digits():
     x_T = torch.randn(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     x = ddim_sample(cfg(shipped.model, 3.0), shipped.schedule, x_T, 20, y=labels)
     assert (predict(classifier, x.clamp(-1, 1)) == labels).double().mean() >= 0.9
+
+
+def test_history_of_a_model_without_one_is_a_clear_error():
+    with pytest.raises(ValueError, match="no history"):
+        pretrained.history("mnist_classifier")

@@ -61,3 +61,8 @@ def test_grid_layout_and_range():
     assert g.shape == (2 * 4 + 1, 4 * 4 + 1) and g.dtype == np.uint8
     assert g[1, 1] == 0 and g[5, 5] == 255 and g[5, 9] == 200  # first black, sixth white, gap grey
     assert to_uint8(torch.tensor([-2.0, 0.0, 2.0])).tolist() == [0, 128, 255]
+
+
+def test_play_button_follows_a_slider_that_starts_high():
+    explorer = Explorer(lambda step: png(np.zeros((2, 2), np.uint8), 1), play="step", step=[125, 250, 375])
+    assert (explorer.play.min, explorer.play.max, explorer.play.step) == (125, 375, 125)
