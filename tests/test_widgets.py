@@ -64,5 +64,7 @@ def test_grid_layout_and_range():
 
 
 def test_play_button_follows_a_slider_that_starts_high():
-    explorer = Explorer(lambda step: png(np.zeros((2, 2), np.uint8), 1), play="step", step=[125, 250, 375])
+    explorer = Explorer(
+        lambda step: png(np.zeros((2, 2), np.uint8), 1), play="step", step=[125, 250, 375]
+    )
     assert (explorer.play.min, explorer.play.max, explorer.play.step) == (125, 375, 125)
