@@ -10,8 +10,8 @@
 2. Cost per sampling step: seconds of one guided model call (both halves of classifier-free
    guidance in one doubled batch) in latent space (``mnist_latent`` on (B, 4, 7, 7),
    ``prompt_cfg``) and in pixel space (``mnist`` on (B, 1, 28, 28), ``cfg``), at the same batch,
-   median of ``--repeats`` calls after a warm-up; on a CPU with torch.set_num_threads(2).
-   Target: latent < half of pixel.
+   median of ``--repeats`` calls after a warm-up; on a CPU with torch.set_num_threads(2)
+   (``--threads``). Target: latent < half of pixel.
 3. Reconstruction: pixel MSE of decode(encode(x)) and the classifier's accuracy on those
    reconstructions (and on the originals), over the 500 bundled held-out digits.
 
@@ -126,11 +126,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="batch for the step-cost timing")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per measurement")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks_latent.json")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
 
     autoencoder = load("mnist_autoencoder", device).model
