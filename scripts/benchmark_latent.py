@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from benchmark_models import timed  # scripts/ is on sys.path when run as a script
 
 from lesson_lib.data import load_mnist
 from lesson_lib.guidance import cfg
@@ -41,19 +42,6 @@ STEPS = 50  # DDIM steps for the fidelity test
 TARGET_ACCURACY = 0.90
 TARGET_COST_RATIO = 0.5
 MODELS = ("mnist_autoencoder", "mnist_latent", "mnist", "mnist_classifier")
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``fn()`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 @torch.no_grad()
