@@ -150,7 +150,7 @@ def test_torchrun_two_cpu_ranks_trains_and_resumes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", "0", "-m", "lesson_lib.train", "--config", "mnist_tiny",
+        "--standalone", "-m", "lesson_lib.train", "--config", "mnist_tiny",
         "--out", str(tmp_path), "--device", "cpu", "--no-progress",
     ]  # fmt: skip
     for steps in (4, 6):
