@@ -89,7 +89,6 @@ def time_sliders() -> tuple[list[float], int]:
 
 def main() -> None:
     paths = [Path(p) for p in sys.argv[1:]] or sorted((ROOT / "notebooks").glob("*.ipynb"))
-    torch.set_num_threads(2)
     results = {}
     for path in paths:
         gc.collect()
