@@ -45,23 +45,32 @@ def timed(fn, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def costs(model, device, schedule) -> dict:
-    """Seconds per network call (eval, no grad) and per training step (fwd + bwd), batch 64."""
+def costs(models: dict, device, schedule, rounds: int = 6) -> dict:
+    """Seconds per network call (eval, no grad) and per training step (fwd + bwd) at batch 64,
+    median over ``rounds``, the models taking turns so a busy moment hits them alike."""
     x = torch.randn(64, 1, 28, 28, device=device)
     t = torch.randint(0, schedule.T, (64,), device=device)
     y = torch.randint(0, 10, (64,), device=device)
-    model.eval()
-    with torch.no_grad():
-        call = timed(lambda: model(x, t, y=y))
-    model.train()
 
-    def step():
+    def call(model):
+        model.eval()
+        with torch.no_grad():
+            model(x, t, y=y)
+
+    def step(model):
+        model.train()
         model.zero_grad()
         model(x, t, y=y).square().mean().backward()
+        model.eval()
 
-    train_step = timed(step)
-    model.eval()
-    return {"s_per_call_b64": call, "s_per_train_step_b64": train_step}
+    out = {name: {"s_per_call_b64": [], "s_per_train_step_b64": []} for name in models}
+    for model in models.values():
+        call(model)  # warm-up
+    for _ in range(rounds):
+        for name, model in models.items():
+            for key, fn in (("s_per_call_b64", call), ("s_per_train_step_b64", step)):
+                out[name][key].append(timed(lambda fn=fn, model=model: fn(model), repeats=1))
+    return {n: {k: sorted(v)[len(v) // 2] for k, v in d.items()} for n, d in out.items()}
 
 
 def evaluate(model, schedule, classifier, train, heldout, device, n, ddpm: bool) -> dict:
@@ -124,13 +133,12 @@ def main() -> None:
     if args.anchor:
         anchor.load_state_dict(torch.load(args.anchor / "model.pt", weights_only=True))
         results["anchor_training"] = json.loads((args.anchor / "info.json").read_text())
-    for name, model in {"course": shipped.model, "anchor": anchor}.items():
+    models = {"course": shipped.model, "anchor": anchor}
+    measured = costs(models, device, shipped.schedule)
+    for name, model in models.items():
         print(f"\n== {name}")
-        results[name] = {
-            "parameters": sum(p.numel() for p in model.parameters()),
-            **costs(model, device, shipped.schedule),
-        }
-        print({k: v for k, v in results[name].items()})
+        results[name] = {"parameters": sum(p.numel() for p in model.parameters()), **measured[name]}
+        print(results[name])
         if name == "course" or args.anchor:
             results[name] |= evaluate(
                 model,
