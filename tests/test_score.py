@@ -20,15 +20,6 @@ from lesson_lib.training import TrainConfig, diffusion_loss, train
 ALPHA_BARS = [1.0, 0.9, 0.5, 0.1, 1e-3, 0.0]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def skewed_mixture(d: int = 2) -> GaussianMixture:
     """Three components with unequal weights and diagonal, per-coordinate stds."""
     g = torch.Generator().manual_seed(1)
