@@ -29,13 +29,9 @@ from .pretrained import MANIFEST, WEIGHTS, manifest, sha256
 from .recipes import RECIPES, Recipe, get_recipe
 from .samplers import ddim_sample
 from .training import save_atomic, train
+from .viz import to_uint8
 
 HISTORY_SNAPSHOTS = 24  # sample grids kept over a run, for notebook 04's slider
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] -> uint8 in [0, 255]."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
 class History:
@@ -55,7 +51,7 @@ class History:
             return
         x = ddim_sample(cfg(ema, 3.0), self.recipe.schedule, self.noise, 25, y=self.labels)
         self.steps.append(step)
-        self.images.append(to_uint8(x))
+        self.images.append(torch.from_numpy(to_uint8(x)))
         save_atomic(
             {"steps": torch.tensor(self.steps), "images": torch.stack(self.images)}, self.path
         )
