@@ -252,30 +252,51 @@ class FrechetResult:
         return self.fd / self.floor if self.floor > 0 else math.inf
 
 
+class FrechetReference:
+    """The real digits a Fréchet distance is measured against, featurised once.
+
+    ``real_ref``: the reference set (e.g. the training split). ``real_floor``: real digits *not*
+    in ``real_ref`` (e.g. the held-out split), whose distance to ``real_ref`` is the floor a
+    perfect model would score. ``score(samples)`` can then be called many times at the cost of
+    featurising the samples alone.
+    """
+
+    def __init__(self, classifier: Classifier, real_ref: torch.Tensor, real_floor: torch.Tensor):
+        for name, x in (("real_ref", real_ref), ("real_floor", real_floor)):
+            _check_two_or_more(name, x)
+        self.classifier = classifier
+        self.ref = features(classifier, real_ref)
+        self.floor_features = features(classifier, real_floor)
+
+    def score(self, samples: torch.Tensor) -> FrechetResult:
+        """Fréchet distance of ``samples`` to the reference, beside the floor at the same count
+        ``n = min(len(samples), len(real_floor))``: the first ``n`` of each are used, so both
+        numbers carry the same small-sample bias."""
+        _check_two_or_more("samples", samples)
+        n = min(samples.shape[0], self.floor_features.shape[0])
+        return FrechetResult(
+            fd=frechet_distance(features(self.classifier, samples[:n]), self.ref),
+            floor=frechet_distance(self.floor_features[:n], self.ref),
+            n=n,
+        )
+
+
+def _check_two_or_more(name: str, images: torch.Tensor) -> None:
+    check_images(name, images)
+    if images.shape[0] < 2:
+        raise ValueError(f"{name} has {images.shape[0]} images; the Fréchet distance needs >= 2")
+
+
 def fd_with_floor(
     classifier: Classifier,
     samples: torch.Tensor,
     real_ref: torch.Tensor,
     real_floor: torch.Tensor,
 ) -> FrechetResult:
-    """Fréchet distance of ``samples`` to ``real_ref``, beside the real-vs-real floor.
-
-    The floor is the Fréchet distance of ``real_floor`` (real digits *not* in ``real_ref``, e.g.
-    the held-out split when ``real_ref`` is the training split) to ``real_ref``, at the same
-    count ``n = min(len(samples), len(real_floor))``: the first ``n`` of each are used, so both
-    numbers carry the same small-sample bias. All three are (N, 1, 28, 28) images.
-    """
-    for name, x in (("samples", samples), ("real_ref", real_ref), ("real_floor", real_floor)):
-        check_images(name, x)
-        if x.shape[0] < 2:
-            raise ValueError(f"{name} has {x.shape[0]} images; the Fréchet distance needs >= 2")
-    n = min(samples.shape[0], real_floor.shape[0])
-    ref = features(classifier, real_ref)
-    return FrechetResult(
-        fd=frechet_distance(features(classifier, samples[:n]), ref),
-        floor=frechet_distance(features(classifier, real_floor[:n]), ref),
-        n=n,
-    )
+    """Fréchet distance of ``samples`` to ``real_ref``, beside the real-vs-real floor (see
+    ``FrechetReference``; build one instead when scoring several sample sets). All three are
+    (N, 1, 28, 28) images."""
+    return FrechetReference(classifier, real_ref, real_floor).score(samples)
 
 
 # ----------------------------------------------------------------------------- novelty

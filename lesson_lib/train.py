@@ -15,6 +15,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -95,6 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     recipe = get_recipe(args.config, args.steps)
+    # `kill` (SIGTERM) or Ctrl-C stops a run with a checkpoint it resumes from, also when a
+    # background shell started it with SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = torch.device(args.device) if args.device else pick_device()

@@ -1,7 +1,7 @@
 """Every notebook in a real browser: JupyterLab driven through headless Chromium by Playwright.
 
 For each notebook: open it, Run All, wait for the kernel to go idle and fail on any error output;
-then move every slider once with the keyboard (ArrowRight, several times) and once with a mouse
+then move every slider once with the keyboard (arrow keys, several times) and once with a mouse
 drag, and check the picture beside it changes each time. The time from key press to new picture
 is measured in the page; the figures go to ``test-artifacts/browser/latency.json`` with a
 screenshot of every widget (CI keeps the folder). Nbmake proves the notebooks execute; this proves
@@ -273,14 +273,22 @@ def _settled_count(locator, timeout: float = 30) -> int:
     return counts[-1]
 
 
-def _drag_to_left_end(page, slider) -> None:
-    """Drag the slider's handle with the mouse to the left end of its track."""
+def _position(slider) -> tuple[float, float, float]:
+    """The slider's (min, value, max) as its handle tells assistive technology."""
+    handle = slider.locator(".noUi-handle")
+    return tuple(float(handle.get_attribute(f"aria-value{k}")) for k in ("min", "now", "max"))
+
+
+def _drag_to_far_end(page, slider) -> None:
+    """Drag the slider's handle with the mouse to the end of its track farther from it."""
+    low, value, high = _position(slider)
     handle = slider.locator(".noUi-handle").bounding_box()
     track = slider.locator(".noUi-base").bounding_box()
+    x = track["x"] + 2 if value - low > high - value else track["x"] + track["width"] - 2
     y = handle["y"] + handle["height"] / 2
     page.mouse.move(handle["x"] + handle["width"] / 2, y)
     page.mouse.down()
-    page.mouse.move(track["x"] + 2, y, steps=8)
+    page.mouse.move(x, y, steps=8)
     page.mouse.up()
 
 
@@ -293,13 +301,15 @@ def _check_slider(page, slider, label: str) -> list[float]:
     readout = slider.locator(".widget-readout")
     found = []
     for _ in range(KEY_PRESSES):
+        _, value, high = _position(slider)
+        key = "ArrowRight" if value < high else "ArrowLeft"
         slider.locator(".noUi-handle").focus()
         before = readout.inner_text()
-        found.append(_picture_changes(page, box, lambda: page.keyboard.press("ArrowRight")))
-        assert readout.inner_text() != before, f"{label}: the arrow key did not move it"
+        found.append(_picture_changes(page, box, lambda key=key: page.keyboard.press(key)))
+        assert readout.inner_text() != before, f"{label}: {key} did not move it"
     box.screenshot(path=ARTIFACTS / f"{label}.png")
     before = readout.inner_text()
-    _picture_changes(page, box, lambda: _drag_to_left_end(page, slider))
+    _picture_changes(page, box, lambda: _drag_to_far_end(page, slider))
     assert readout.inner_text() != before, f"{label}: the mouse drag did not move it"
     return found
 

@@ -11,6 +11,7 @@ from lesson_lib.data import load_mnist
 from lesson_lib.metrics import (
     FEATURES,
     Classifier,
+    FrechetReference,
     accuracy,
     augment,
     classifier_loss,
@@ -117,6 +118,31 @@ def test_fd_with_floor_uses_the_same_count():
     assert result.n == 80
     assert result.floor == pytest.approx(same.floor)
     assert result.ratio > 1.5
+
+
+def test_frechet_reference_featurises_the_real_digits_once():
+    """Scoring several sample sets featurises only the samples; the figures match the
+    numpy reference computed from scratch for each set."""
+    g = torch.Generator().manual_seed(5)
+    ref, floor = torch.rand(120, 1, 28, 28, generator=g), torch.rand(60, 1, 28, 28, generator=g)
+    seen = []
+
+    class Counting(Stub):
+        def features(self, x):
+            seen.append(x.shape[0])
+            return super().features(x)
+
+    reference = FrechetReference(Counting(), ref, floor)
+    assert seen == [120, 60]
+    pool = Stub().features
+    for n in (40, 90):
+        samples = torch.rand(n, 1, 28, 28, generator=g)
+        result = reference.score(samples)
+        m = min(n, 60)
+        assert result.n == m and seen[-1] == m
+        assert result.fd == pytest.approx(fd_numpy(pool(samples[:m]), pool(ref)), rel=1e-6)
+        assert result.floor == pytest.approx(fd_numpy(pool(floor[:m]), pool(ref)), rel=1e-6)
+    assert len(seen) == 4
 
 
 # ----------------------------------------------------------------------------- novelty

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,32 @@ def test_torchrun_two_cpu_ranks_trains_and_resumes(tmp_path):
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert single.returncode != 0 and "2 ranks" in single.stderr
+
+
+@pytest.mark.slow
+def test_the_training_command_checkpoints_on_sigterm_and_resumes(tmp_path):
+    """`kill` on a run started in the background (SIGINT ignored) leaves a checkpoint behind."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "lesson_lib.train", "--config", "mnist_tiny", "--out",
+           str(tmp_path), "--device", "cpu"]  # fmt: skip
+    run = subprocess.Popen(
+        [*cmd, "--steps", "100000"],
+        env=env,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    seen = b""
+    while b" 2/100000" not in seen:  # the progress bar: the loop is running
+        chunk = os.read(run.stderr.fileno(), 4096)
+        assert chunk, f"the run ended before training:\n{seen.decode()[-3000:]}"
+        seen += chunk
+    run.send_signal(signal.SIGTERM)
+    run.communicate(timeout=120)
+    assert run.returncode != 0
+    step = torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"]
+    assert 2 <= step < 100000
+    done = subprocess.run(
+        [*cmd, "--steps", str(step + 3), "--no-progress"], env=env, capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == step + 3
