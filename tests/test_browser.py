@@ -220,6 +220,7 @@ def latencies():
     summary = {
         name: {"moves": len(ms), "median_ms": statistics.median(ms), "max_ms": max(ms)}
         for name, ms in found.items()
+        if ms
     }
     (ARTIFACTS / "latency.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
