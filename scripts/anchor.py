@@ -6,6 +6,9 @@ null label), batch 64, lr 1e-3, EMA. Trained by the same loop, on the same data,
 wall-clock budget:
 
     python scripts/anchor.py --seconds 600 --out runs/anchor
+
+``--model course`` trains the course U-Net (the `mnist` recipe's architecture) the same way, so
+both can be compared at the same budget; ``--dropout`` overrides its dropout (an ablation).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,8 +24,9 @@ from diffusers import UNet2DModel
 from torch import nn
 
 from lesson_lib.device import pick_device
-from lesson_lib.recipes import get_recipe
+from lesson_lib.recipes import MNIST_UNET, get_recipe
 from lesson_lib.training import TrainConfig, diffusion_loss, save_atomic, train
+from lesson_lib.unet import UNet
 
 
 class Anchor(nn.Module):
@@ -51,7 +56,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, required=True, help="wall-clock budget")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--model", choices=["anchor", "course"], default="anchor")
+    parser.add_argument("--dropout", type=float, help="course U-Net dropout (default: recipe's)")
     args = parser.parse_args()
+    config = MNIST_UNET if args.dropout is None else replace(MNIST_UNET, dropout=args.dropout)
+    make = Anchor if args.model == "anchor" else lambda: UNet(config)
     device = torch.device(args.device) if args.device else pick_device()
     schedule = get_recipe("mnist").schedule
     data = get_recipe("mnist").load_data()
@@ -63,15 +72,21 @@ def main() -> None:
     torch.manual_seed(0)
     probe = TrainConfig(steps=10, batch_size=64, lr=1e-3, checkpoint_every=0)
     start = time.perf_counter()
-    train(Anchor(), loss, data, probe, device=device, progress=False)
+    train(make(), loss, data, probe, device=device, progress=False)
     per_step = (time.perf_counter() - start) / 10
     steps = max(1, int(args.seconds / per_step))
     torch.manual_seed(0)
     config = TrainConfig(steps=steps, batch_size=64, lr=1e-3, warmup=100, ema_decay=0.999)
     start = time.perf_counter()
-    result = train(Anchor(), loss, data, config, out_dir=args.out, device=device)
+    result = train(make(), loss, data, config, out_dir=args.out, device=device)
     save_atomic(result.model.state_dict(), args.out / "model.pt")
-    info = {"steps": steps, "seconds": round(time.perf_counter() - start, 1), "device": str(device)}
+    info = {
+        "model": args.model,
+        "dropout": args.dropout,
+        "steps": steps,
+        "seconds": round(time.perf_counter() - start, 1),
+        "device": str(device),
+    }
     (args.out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     print(info)
 

@@ -6,7 +6,9 @@
 Quality: DDIM 50 steps, eta 0, fixed seed, 200 samples (20 per digit) guided with w = 3, and 200
 unguided samples, each scored by the shipped classifier (accuracy, digit histogram, Fréchet
 distance beside the real-vs-real floor, nearest-neighbour novelty). ``--ddpm`` adds DDPM-1000 on
-the same noise. ``--anchor DIR`` scores the diffusers anchor (scripts/anchor.py) the same way.
+the same noise. ``--anchor DIR`` scores the diffusers anchor (scripts/anchor.py) the same way;
+``--course DIR`` scores a course U-Net from a run folder (e.g. ``anchor.py --model course``, for
+a comparison at the same wall-clock budget) in place of the shipped one.
 Speed: seconds per network call and per training step at batch 64 on this machine, for the
 course U-Net and the anchor (the anchor's cost is measured even without its weights).
 Results are printed and written to docs/benchmarks_models.json.
@@ -107,6 +109,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--ddpm", action="store_true", help="also sample DDPM-1000")
     parser.add_argument("--anchor", type=Path, help="run folder of scripts/anchor.py")
+    parser.add_argument(
+        "--course",
+        type=Path,
+        help="score this run folder's course U-Net (model.pt) instead of the shipped one",
+    )
     parser.add_argument("--write-manifest", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks_models.json")
     args = parser.parse_args()
@@ -127,6 +134,10 @@ def main() -> None:
         f"classifier accuracy on the 500 held-out digits: {results['classifier_heldout_accuracy']:.1%}"
     )
     shipped = load("mnist", device)
+    if args.course:
+        state = torch.load(args.course / "model.pt", map_location=device, weights_only=True)
+        shipped.model.load_state_dict(state)
+        results["course_training"] = json.loads((args.course / "info.json").read_text())
     from anchor import Anchor
 
     anchor = Anchor().to(device).eval()  # its cost does not depend on its weights
@@ -153,7 +164,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")
-    if args.write_manifest:
+    if args.write_manifest and not args.course:
         entries = manifest()
         course = results["course"]
         entries["mnist"]["quality"] = {
