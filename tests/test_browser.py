@@ -67,6 +67,7 @@ RUN_DONE_JS = f"""() => {{
     const kernel = panel.sessionContext.session?.kernel;
     const cells = panel.content.model.toJSON().cells.filter(c => c.cell_type === "code");
     if (cells.some(c => (c.outputs || []).some(o => o.output_type === "error"))) return true;
+    if (kernel?.status === "dead") return true;
     return kernel?.status === "idle" && cells.every(c => c.execution_count !== null);
 }}"""
 # For one widget: remember when a key goes down and when its picture's src next changes.
@@ -243,6 +244,8 @@ def _run_all(page, name: str) -> None:
     )
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     page.wait_for_function(RUN_DONE_JS, timeout=RUN_ALL_TIMEOUT_S * 1000, polling=500)
+    status = page.evaluate(f"() => {PANEL}.sessionContext.session?.kernel?.status")
+    assert status != "dead", f"{name}: the kernel died during Run All"
     cells = page.evaluate(f"() => {PANEL}.content.model.toJSON().cells")
     errors = [
         f"cell {i}: {o['ename']}: {o['evalue']}"
