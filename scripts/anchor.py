@@ -59,8 +59,8 @@ def main() -> None:
     parser.add_argument("--model", choices=["anchor", "course"], default="anchor")
     parser.add_argument("--dropout", type=float, help="course U-Net dropout (default: recipe's)")
     args = parser.parse_args()
-    config = MNIST_UNET if args.dropout is None else replace(MNIST_UNET, dropout=args.dropout)
-    make = Anchor if args.model == "anchor" else lambda: UNet(config)
+    unet = MNIST_UNET if args.dropout is None else replace(MNIST_UNET, dropout=args.dropout)
+    make = Anchor if args.model == "anchor" else lambda: UNet(unet)
     device = torch.device(args.device) if args.device else pick_device()
     schedule = get_recipe("mnist").schedule
     data = get_recipe("mnist").load_data()
