@@ -439,12 +439,14 @@ def quality_report(
     train_images: torch.Tensor,
     heldout_images: torch.Tensor,
     labels: torch.Tensor | None = None,
+    reference: FrechetReference | None = None,
 ) -> QualityReport:
     """Every measure for one batch of ``samples`` (N, 1, 28, 28).
 
     ``labels`` (N,): the digits the samples were asked to be (class-conditional sampling), or
     None for unconditional samples. The Fréchet distance is to ``train_images``, with
-    ``heldout_images`` as the floor; novelty compares against the same two sets.
+    ``heldout_images`` as the floor (``reference``: the same, featurised once, when scoring many
+    sample sets); novelty compares against the same two sets.
     """
     check_images("samples", samples)
     acc = None if labels is None else accuracy(classifier, samples, labels)
@@ -452,6 +454,8 @@ def quality_report(
         n=samples.shape[0],
         accuracy=acc,
         histogram=tuple(digit_histogram(classifier, samples).tolist()),
-        frechet=fd_with_floor(classifier, samples, train_images, heldout_images),
+        frechet=(reference or FrechetReference(classifier, train_images, heldout_images)).score(
+            samples
+        ),
         novelty=novelty(samples, train_images, heldout_images),
     )

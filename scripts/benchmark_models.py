@@ -27,7 +27,7 @@ import torch
 
 from lesson_lib.data import load_mnist
 from lesson_lib.guidance import cfg
-from lesson_lib.metrics import accuracy, quality_report, report_table
+from lesson_lib.metrics import FrechetReference, accuracy, quality_report, report_table
 from lesson_lib.pretrained import MANIFEST, load, manifest
 from lesson_lib.samplers import ddim_sample, ddpm_sample
 
@@ -92,6 +92,7 @@ def evaluate(model, schedule, classifier, train, heldout, device, n, ddpm: str |
                 lambda m, **c: ddpm_sample(m, schedule, noise, generator=g.manual_seed(1), **c),
             )
         )
+    reference = FrechetReference(classifier, train.to(device), heldout.to(device))
     kinds = [("guided_w3", guided, {"y": labels}), ("unguided", model, {})]
     for name, sample in samplers:
         for kind, fn, cond in kinds:
@@ -100,7 +101,9 @@ def evaluate(model, schedule, classifier, train, heldout, device, n, ddpm: str |
             start = time.perf_counter()
             x = sample(fn, **cond).clamp(-1, 1).cpu()
             seconds = time.perf_counter() - start
-            rep = quality_report(classifier, x, train, heldout, labels.cpu() if cond else None)
+            rep = quality_report(
+                classifier, x, train, heldout, labels.cpu() if cond else None, reference
+            )
             reports[f"{name} {kind}"] = rep
             out[f"{name}_{kind}"] = {**rep.as_dict(), "seconds": seconds}
     print(report_table(reports))

@@ -336,9 +336,10 @@ def test_notebook_sliders_in_browser(lab, browser, latencies, name):
         page.goto(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")
         _run_all(page, name)
         sliders = page.locator(".jp-OutputArea .widget-slider")
-        assert _settled_count(sliders) > 0, f"{stem} shows no slider"
+        count = _settled_count(sliders)
+        assert count > 0, f"{stem} shows no slider"
         found = latencies.setdefault(stem, [])
-        for i in range(sliders.count()):
+        for i in range(count):
             found += _check_slider(page, sliders.nth(i), f"{stem}-slider{i}")
     except Exception:
         page.screenshot(path=ARTIFACTS / f"{stem}-failure.png")
