@@ -3,9 +3,11 @@
 diffusers' UNet2DModel with block widths 32/64/64, one layer per block, attention at the two
 lowest resolutions (1.1M parameters), class labels through `num_class_embeds` (10 digits + the
 null label), batch 64, lr 1e-3, EMA. Trained by the same loop, on the same data, for a given
-wall-clock budget:
+wall-clock budget, or for a step count (e.g. the one that costs what a course run cost, from
+the per-step costs ``scripts/benchmark_models.py`` measures in turns):
 
     python scripts/anchor.py --seconds 600 --out runs/anchor
+    python scripts/anchor.py --steps 2736 --out runs/anchor_3k
 
 ``--model course`` trains the course U-Net (the `mnist` recipe's architecture) the same way, so
 both can be compared at the same budget; ``--dropout`` overrides its dropout (an ablation).
@@ -53,7 +55,9 @@ class Anchor(nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, required=True, help="wall-clock budget")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--seconds", type=float, help="wall-clock budget")
+    budget.add_argument("--steps", type=int, help="training steps")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default=None)
     parser.add_argument("--model", choices=["anchor", "course"], default="anchor")
@@ -68,13 +72,13 @@ def main() -> None:
     def loss(model, batch, generator):
         return diffusion_loss(model, schedule, batch[0], batch[1], 0.1, generator)
 
-    # Time 10 steps to turn the wall-clock budget into a step count.
-    torch.manual_seed(0)
-    probe = TrainConfig(steps=10, batch_size=64, lr=1e-3, checkpoint_every=0)
-    start = time.perf_counter()
-    train(make(), loss, data, probe, device=device, progress=False)
-    per_step = (time.perf_counter() - start) / 10
-    steps = max(1, int(args.seconds / per_step))
+    steps = args.steps
+    if steps is None:  # time 10 steps to turn the wall-clock budget into a step count
+        torch.manual_seed(0)
+        probe = TrainConfig(steps=10, batch_size=64, lr=1e-3, checkpoint_every=0)
+        start = time.perf_counter()
+        train(make(), loss, data, probe, device=device, progress=False)
+        steps = max(1, int(args.seconds / ((time.perf_counter() - start) / 10)))
     torch.manual_seed(0)
     config = TrainConfig(steps=steps, batch_size=64, lr=1e-3, warmup=100, ema_decay=0.999)
     start = time.perf_counter()

@@ -8,7 +8,8 @@ unguided samples, each scored by the shipped classifier (accuracy, digit histogr
 distance beside the real-vs-real floor, nearest-neighbour novelty). ``--ddpm`` adds DDPM-1000 on
 the same noise. ``--anchor DIR`` scores the diffusers anchor (scripts/anchor.py) the same way;
 ``--course DIR`` scores a course U-Net from a run folder (e.g. ``anchor.py --model course``, for
-a comparison at the same wall-clock budget) in place of the shipped one.
+a comparison at the same wall-clock budget) in place of the shipped one. ``--clip-x0`` clamps
+each predicted x0 to [-1, 1] while sampling (diffusers' schedulers do by default).
 Speed: seconds per network call and per training step at batch 64 on this machine, for the
 course U-Net and the anchor (the anchor's cost is measured even without its weights).
 Results are printed and written to docs/benchmarks_models.json.
@@ -76,20 +77,25 @@ def costs(models: dict, device, schedule, rounds: int = 6) -> dict:
     return {n: {k: sorted(v)[len(v) // 2] for k, v in d.items()} for n, d in out.items()}
 
 
-def evaluate(model, schedule, classifier, train, heldout, device, n, ddpm: str | None) -> dict:
+def evaluate(
+    model, schedule, classifier, train, heldout, device, n, ddpm: str | None, clip_x0: bool
+) -> dict:
     """Quality of guided (w = 3) and unguided samples, DDIM-50 (and DDPM-1000) on fixed noise."""
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(n, 1, 28, 28, generator=gen).to(device)
     labels = torch.arange(10, device=device).repeat_interleave(n // 10)
     guided = cfg(model, 3.0)
     out, reports = {}, {}
-    samplers = [("ddim50", lambda m, **c: ddim_sample(m, schedule, noise, 50, **c))]
+    kw = {"clip_x0": clip_x0}  # the same for every sampler
+    samplers = [("ddim50", lambda m, **c: ddim_sample(m, schedule, noise, 50, **kw, **c))]
     if ddpm:
         g = torch.Generator(device=device)
         samplers.append(
             (
                 "ddpm1000",
-                lambda m, **c: ddpm_sample(m, schedule, noise, generator=g.manual_seed(1), **c),
+                lambda m, **c: ddpm_sample(
+                    m, schedule, noise, generator=g.manual_seed(1), **kw, **c
+                ),
             )
         )
     reference = FrechetReference(classifier, train.to(device), heldout.to(device))
@@ -127,9 +133,12 @@ def main() -> None:
         type=Path,
         help="score this run folder's course U-Net (model.pt) instead of the shipped one",
     )
+    parser.add_argument("--clip-x0", action="store_true", help="clamp predicted x0 to [-1, 1]")
     parser.add_argument("--write-manifest", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks_models.json")
     args = parser.parse_args()
+    if args.write_manifest and (args.course or args.clip_x0):
+        parser.error("--write-manifest records the shipped model: not with --course or --clip-x0")
     device = torch.device(args.device)
     if device.type == "cpu":  # the reference machine's 2 cores, unless OMP_NUM_THREADS says
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
@@ -141,6 +150,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"cpu ({torch.get_num_threads()} threads)",
+        "clip_x0": args.clip_x0,
         "classifier_heldout_accuracy": accuracy(classifier, heldout.to(device), heldout_labels),
     }
     print(
@@ -173,11 +183,12 @@ def main() -> None:
                 device,
                 args.samples,
                 args.ddpm if name == "course" else None,
+                args.clip_x0,
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")
-    if args.write_manifest and not args.course:
+    if args.write_manifest:
         entries = manifest()
         course = results["course"]
         entries["mnist"]["quality"] = {
