@@ -94,7 +94,7 @@ RECIPES: dict[str, Recipe] = {
         ),
         # With label dropout 0.1 the unconditional branch trains on a tenth of the batches and
         # lags far behind the guided samples; a short stage dropping half the labels catches it
-        # up (docs/benchmarks.md: unguided Fréchet 4.36x -> 3.58x, guided 1.82x -> 1.66x).
+        # up (docs/benchmarks.md: unguided Fréchet 4.36x -> 3.65x, guided 1.82x -> 1.68x).
         _unet_recipe(
             "mnist_finetune",
             "the mnist U-Net fine-tuned with label dropout 0.5, for better unguided samples",
