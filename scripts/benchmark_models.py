@@ -78,27 +78,29 @@ def costs(models: dict, device, schedule, rounds: int = 6) -> dict:
 
 
 def evaluate(
-    model, schedule, classifier, train, heldout, device, n, ddpm: str | None, clip_x0: bool
+    model, schedule, reference, train, heldout, device, n, ddpm: str | None, clip_x0: bool
 ) -> dict:
-    """Quality of guided (w = 3) and unguided samples, DDIM-50 (and DDPM-1000) on fixed noise."""
+    """Quality of guided (w = 3) and unguided samples, DDIM-50 (and DDPM-1000) on fixed noise,
+    scored against ``reference`` (a FrechetReference: the real digits, featurised once)."""
+    classifier = reference.classifier
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(n, 1, 28, 28, generator=gen).to(device)
     labels = torch.arange(10, device=device).repeat_interleave(n // 10)
     guided = cfg(model, 3.0)
     out, reports = {}, {}
-    kw = {"clip_x0": clip_x0}  # the same for every sampler
-    samplers = [("ddim50", lambda m, **c: ddim_sample(m, schedule, noise, 50, **kw, **c))]
+    samplers = [
+        ("ddim50", lambda m, **c: ddim_sample(m, schedule, noise, 50, clip_x0=clip_x0, **c))
+    ]
     if ddpm:
         g = torch.Generator(device=device)
         samplers.append(
             (
                 "ddpm1000",
                 lambda m, **c: ddpm_sample(
-                    m, schedule, noise, generator=g.manual_seed(1), **kw, **c
+                    m, schedule, noise, generator=g.manual_seed(1), clip_x0=clip_x0, **c
                 ),
             )
         )
-    reference = FrechetReference(classifier, train.to(device), heldout.to(device))
     kinds = [("guided_w3", guided, {"y": labels}), ("unguided", model, {})]
     for name, sample in samplers:
         for kind, fn, cond in kinds:
@@ -146,6 +148,7 @@ def main() -> None:
     train, _ = load_mnist("train", source="bundled")
     heldout, heldout_labels = load_mnist("heldout", source="bundled")
     classifier = load("mnist_classifier", device).model
+    reference = FrechetReference(classifier, train.to(device), heldout.to(device))
     results = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -177,7 +180,7 @@ def main() -> None:
             results[name] |= evaluate(
                 model,
                 shipped.schedule,
-                classifier,
+                reference,
                 train,
                 heldout,
                 device,
