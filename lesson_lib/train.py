@@ -4,9 +4,7 @@ Resumes from ``DIR/checkpoint.pt`` when it exists. Under ``torchrun --nproc_per_
 data-parallel (PyTorch DDP: gloo on CPU, nccl on GPU); only rank 0 writes. At the end ``DIR``
 holds ``model.pt`` (the EMA weights), ``info.json`` and, for diffusion models, ``history.pt``
 (sample grids from fixed noise during training); ``--ship`` copies them into
-``lesson_lib/weights`` and records them in its manifest. A fine-tuning recipe (e.g.
-``mnist_finetune``) starts from trained weights, ``--init runs/mnist/model.pt``, with a fresh
-optimiser, schedule and EMA, and ships in place of the model it tunes.
+``lesson_lib/weights`` and records them in its manifest.
 """
 
 from __future__ import annotations
@@ -71,12 +69,9 @@ def _hardware(device: torch.device, world: int) -> str:
 
 
 def ship(out: Path, name: str) -> None:
-    """Copy a finished run's files into lesson_lib/weights and record them in the manifest.
-    A run without sample grids (a fine-tuning stage) keeps the grids already shipped."""
-    info = json.loads((out / "info.json").read_text())
+    """Copy a finished run's files into lesson_lib/weights and record them in the manifest."""
+    entry = json.loads((out / "info.json").read_text())
     entries = manifest()
-    old = entries.get(name, {})
-    entry = dict(info) | {k: old[k] for k in ("history", "history_sha256") if k in old}
     for key, src in [("file", out / "model.pt"), ("history", out / "history.pt")]:
         if src.exists():
             dst = WEIGHTS / f"{name}{'' if key == 'file' else '_history'}.pt"
@@ -96,23 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
-        "--init",
-        type=Path,
-        help="weights a fine-tuning recipe starts from (e.g. runs/mnist/model.pt)",
-    )
-    parser.add_argument(
         "--ship", action="store_true", help="copy the result into lesson_lib/weights"
     )
     args = parser.parse_args(argv)
     recipe = get_recipe(args.config, args.steps)
-    if (args.init is None) != (recipe.init is None):
-        tuners = ", ".join(r.name for r in RECIPES.values() if r.init)
-        parser.error(
-            f"--config {recipe.name} fine-tunes a trained {recipe.init} model: pass its weights "
-            f"with --init, e.g. --init runs/{recipe.init}/model.pt"
-            if recipe.init
-            else f"--init={args.init} is only for the recipes that fine-tune a model: {tuners}"
-        )
     # `kill` (SIGTERM) or Ctrl-C stops a run with a checkpoint it resumes from, also when a
     # background shell started it with SIGINT ignored.
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -129,14 +111,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank
     model = recipe.make_model()
-    if args.init is not None:
-        try:
-            model.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
-        except (OSError, RuntimeError) as err:
-            parser.error(f"--init={args.init} holds no weights of the {recipe.init} model: {err}")
     history = None
-    if recipe.model_config.get("num_classes") is not None and rank == 0 and not recipe.init:
-        # class-label pixel models trained from scratch: a fine-tune keeps the base run's grids
+    if recipe.model_config.get("num_classes") is not None and rank == 0:  # class-label pixels
         every = max(recipe.train.log_every, recipe.train.steps // HISTORY_SNAPSHOTS)
         every -= every % recipe.train.log_every  # the callback runs on logging steps
         history = History(recipe, args.out / "history.pt", every, device)
@@ -160,8 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             "schedule": None if recipe.schedule is None else f"linear, T={recipe.schedule.T}",
             "data": recipe.data,
             "command": f"python -m lesson_lib.train --config {recipe.name} "
-            f"--steps {recipe.train.steps} --out {shlex.quote(str(args.out))}"
-            + (f" --init {shlex.quote(str(args.init))}" if args.init else ""),
+            f"--steps {recipe.train.steps} --out {shlex.quote(str(args.out))}",
             "steps": result.step,
             "train_config": asdict(recipe.train),
             "hardware": _hardware(device, world),
@@ -169,12 +144,10 @@ def main(argv: list[str] | None = None) -> None:
             "final_loss": result.losses[-1][1] if result.losses else None,
             "parameters": sum(p.numel() for p in result.model.parameters()),
         }
-        if args.init:
-            info["init"] = {"file": str(args.init), "sha256": sha256(args.init)}
         (args.out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
         print(f"wrote {args.out / 'model.pt'} ({result.step} steps)", file=sys.stderr)
         if args.ship:
-            ship(args.out, recipe.init or recipe.name)
+            ship(args.out, recipe.name)
     if world > 1:
         dist.destroy_process_group()
 

@@ -10,6 +10,8 @@ the same noise. ``--anchor DIR`` scores the diffusers anchor (scripts/anchor.py)
 ``--course DIR`` scores a course U-Net from a run folder (e.g. ``anchor.py --model course``, for
 a comparison at the same wall-clock budget) in place of the shipped one. ``--clip-x0`` clamps
 each predicted x0 to [-1, 1] while sampling (diffusers' schedulers do by default).
+Noise-prediction error: the MSE of eps on 200 held-out digits at a few timesteps, with labels
+and without (where in the reverse process a model's samples go wrong).
 Speed: seconds per network call and per training step at batch 64 on this machine, for the
 course U-Net and the anchor (the anchor's cost is measured even without its weights).
 Results are printed and written to docs/benchmarks_models.json.
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 
 from lesson_lib.data import load_mnist
+from lesson_lib.forward import q_sample
 from lesson_lib.guidance import cfg
 from lesson_lib.metrics import FrechetReference, accuracy, quality_report, report_table
 from lesson_lib.pretrained import MANIFEST, load, manifest
@@ -75,6 +78,27 @@ def costs(models: dict, device, schedule, rounds: int = 6) -> dict:
             for key, fn in (("s_per_call_b64", call), ("s_per_train_step_b64", step)):
                 out[name][key].append(timed(lambda fn=fn, model=model: fn(model), repeats=1))
     return {n: {k: sorted(v)[len(v) // 2] for k, v in d.items()} for n, d in out.items()}
+
+
+ERROR_TIMESTEPS = (10, 100, 300, 500, 700, 900, 980)
+
+
+@torch.no_grad()
+def eps_error_by_t(model, schedule, images, labels) -> dict:
+    """Mean squared error of the predicted noise on real digits noised to each of
+    ERROR_TIMESTEPS (the same noise for every model), with their labels and with none. DDIM's
+    first steps turn an error in eps into one in x0 that is 1 / sqrt(alpha_bar_t) times larger
+    (Song et al. 2021, Eq. 12): about 145x at t = 980 for the linear schedule."""
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(2)).to(images)
+    out = {}
+    for t in ERROR_TIMESTEPS:
+        ts = torch.full((images.shape[0],), t, device=images.device)
+        x_t = q_sample(schedule, images, ts, noise)
+        out[t] = {
+            kind: (model(x_t, ts, y=y) - noise).square().mean().item()
+            for kind, y in (("labelled", labels), ("unlabelled", None))
+        }
+    return out
 
 
 def evaluate(
@@ -146,7 +170,8 @@ def main() -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
 
     train, _ = load_mnist("train", source="bundled")
-    heldout, heldout_labels = load_mnist("heldout", source="bundled")
+    held = load_mnist("heldout", source="bundled")
+    heldout, heldout_labels = held
     classifier = load("mnist_classifier", device).model
     reference = FrechetReference(classifier, train.to(device), heldout.to(device))
     results = {
@@ -177,6 +202,11 @@ def main() -> None:
         results[name] = {"parameters": sum(p.numel() for p in model.parameters()), **measured[name]}
         print(results[name])
         if name == "course" or args.anchor:
+            errors = eps_error_by_t(model, shipped.schedule, *(x[:200].to(device) for x in held))
+            results[name]["eps_mse_by_t"] = errors
+            print("eps MSE on 200 held-out digits, labelled / unlabelled:")
+            for t, e in errors.items():
+                print(f"  t = {t:3d}: {e['labelled']:.5f} / {e['unlabelled']:.5f}")
             results[name] |= evaluate(
                 model,
                 shipped.schedule,

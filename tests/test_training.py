@@ -215,49 +215,26 @@ def shipped_copy(tmp_path, monkeypatch):
     return copy
 
 
-def test_a_fine_tuning_recipe_starts_from_init_and_ships_in_place(tmp_path, shipped_copy):
+def test_the_training_command_ships_a_run_into_the_manifest(tmp_path, shipped_copy):
     from lesson_lib import pretrained
-    from lesson_lib.recipes import MNIST_UNET
     from lesson_lib.train import main
-    from lesson_lib.unet import UNet
 
-    torch.manual_seed(123)  # not the recipe's seed, so these weights can only come from --init
-    init = UNet(MNIST_UNET).state_dict()
-    save_atomic(init, tmp_path / "init.pt")
-    before = pretrained.manifest()["mnist"]
+    others = pretrained.manifest()
     out = tmp_path / "run"
-    main(["--config", "mnist_finetune", "--steps", "1", "--out", str(out), "--device", "cpu",
-          "--no-progress", "--init", str(tmp_path / "init.pt"), "--ship"])  # fmt: skip
+    main(["--config", "mnist_tiny", "--steps", "25", "--out", str(out), "--device", "cpu",
+          "--no-progress", "--ship"])  # fmt: skip
 
-    tuned = torch.load(out / "model.pt", weights_only=True)
-    moved = max((tuned[k] - init[k]).abs().max().item() for k in init)
-    assert 0 < moved < 1e-3  # one small step away from --init, not from a fresh initialisation
-    entry = pretrained.manifest()["mnist"]
-    assert entry["recipe"] == "mnist_finetune" and "--init" in entry["command"]
-    assert entry["init"]["sha256"] == pretrained.sha256(tmp_path / "init.pt")
+    entries = pretrained.manifest()
+    entry = entries.pop("mnist_tiny")
+    assert entries == others  # the other models' entries are untouched
+    assert entry["recipe"] == "mnist_tiny" and entry["steps"] == 25
+    assert (
+        entry["command"] == f"python -m lesson_lib.train --config mnist_tiny --steps 25 --out {out}"
+    )
     assert entry["file_sha256"] == pretrained.sha256(out / "model.pt")
-    assert entry["history_sha256"] == before["history_sha256"]  # the base run's sample grids
-    assert not (out / "history.pt").exists()
-    loaded = pretrained.load("mnist").model.state_dict()
-    assert all(torch.equal(loaded[k], tuned[k]) for k in tuned)
-
-
-@pytest.mark.parametrize(
-    ("config", "init", "message"),
-    [
-        ("mnist_finetune", None, "pass its weights with --init"),
-        ("mnist_tiny", "tiny.pt", "only for the recipes that fine-tune a model: mnist_finetune"),
-        ("mnist_finetune", "tiny.pt", "holds no weights of the mnist model"),
-        ("mnist_finetune", "missing.pt", "holds no weights of the mnist model"),
-    ],
-)
-def test_init_is_checked_against_the_recipe(tmp_path, capsys, config, init, message):
-    from lesson_lib.recipes import get_recipe
-    from lesson_lib.train import main
-
-    save_atomic(get_recipe("mnist_tiny").make_model().state_dict(), tmp_path / "tiny.pt")
-    argv = ["--config", config, "--out", str(tmp_path / "run"), "--device", "cpu"]
-    with pytest.raises(SystemExit):
-        main(argv + (["--init", str(tmp_path / init)] if init else []))
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()  # refused before any training
+    assert entry["history_sha256"] == pretrained.sha256(out / "history.pt")
+    assert pretrained.history("mnist_tiny")["steps"].tolist() == [25]
+    trained = torch.load(out / "model.pt", weights_only=True)
+    loaded = pretrained.load("mnist_tiny").model.state_dict()
+    assert loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[k], trained[k]) for k in trained)
