@@ -68,9 +68,11 @@ def _hardware(device: torch.device, world: int) -> str:
     return f"{world} x {what}, torch {torch.__version__}"
 
 
-def ship(out: Path, name: str) -> None:
-    """Copy a finished run's files into lesson_lib/weights and record them in the manifest."""
+def ship(out: Path) -> None:
+    """Copy a finished run's files into lesson_lib/weights and record them in the manifest,
+    under the name of the recipe that trained them."""
     entry = json.loads((out / "info.json").read_text())
+    name = entry["recipe"]
     entries = manifest()
     for key, src in [("file", out / "model.pt"), ("history", out / "history.pt")]:
         if src.exists():
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         (args.out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
         print(f"wrote {args.out / 'model.pt'} ({result.step} steps)", file=sys.stderr)
         if args.ship:
-            ship(args.out, recipe.name)
+            ship(args.out)
     if world > 1:
         dist.destroy_process_group()
 

@@ -170,8 +170,7 @@ def main() -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
 
     train, _ = load_mnist("train", source="bundled")
-    held = load_mnist("heldout", source="bundled")
-    heldout, heldout_labels = held
+    heldout, heldout_labels = load_mnist("heldout", source="bundled")
     classifier = load("mnist_classifier", device).model
     reference = FrechetReference(classifier, train.to(device), heldout.to(device))
     results = {
@@ -202,7 +201,9 @@ def main() -> None:
         results[name] = {"parameters": sum(p.numel() for p in model.parameters()), **measured[name]}
         print(results[name])
         if name == "course" or args.anchor:
-            errors = eps_error_by_t(model, shipped.schedule, *(x[:200].to(device) for x in held))
+            errors = eps_error_by_t(
+                model, shipped.schedule, heldout[:200].to(device), heldout_labels[:200].to(device)
+            )
             results[name]["eps_mse_by_t"] = errors
             print("eps MSE on 200 held-out digits, labelled / unlabelled:")
             for t, e in errors.items():
