@@ -76,7 +76,7 @@ def _unet_recipe(
 
 # The shipped pixel-space model: 1.2M parameters, attention at 7x7 only (cheaper per call than
 # diffusers' UNet2DModel with 32/64/64 channels and attention at 14x14 and 7x7). No dropout: in
-# 11,000 steps the model underfits rather than copies (docs/benchmarks.md, novelty), and drawing
+# 15,000 steps the model underfits rather than copies (docs/benchmarks.md, novelty), and drawing
 # dropout's masks took a tenth of a CPU training step (torch.profiler).
 MNIST_UNET = UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, dropout=0.0)
 
@@ -87,7 +87,7 @@ RECIPES: dict[str, Recipe] = {
             "mnist",
             "class-conditional U-Net (label dropout 0.5) on MNIST digits, linear schedule T=1000",
             MNIST_UNET,
-            TrainConfig(steps=11_000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999),
+            TrainConfig(steps=15_000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999),
             # With the usual 0.1 the unconditional branch trains on a tenth of the batches and
             # its samples lag far behind the guided ones (docs/benchmarks.md).
             p_uncond=0.5,
