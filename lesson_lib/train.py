@@ -29,7 +29,7 @@ from .guidance import cfg
 from .pretrained import MANIFEST, WEIGHTS, manifest, sha256
 from .recipes import RECIPES, Recipe, get_recipe
 from .samplers import ddim_sample
-from .training import save_atomic, train
+from .training import save_atomic, save_json_atomic, train
 from .viz import to_uint8
 
 HISTORY_SNAPSHOTS = 24  # sample grids kept over a run, for notebook 04's slider
@@ -80,7 +80,7 @@ def ship(out: Path) -> None:
             shutil.copyfile(src, dst)
             entry[key], entry[f"{key}_sha256"] = dst.name, sha256(dst)
     entries[name] = entry  # quality figures are added by scripts/benchmark_models.py
-    MANIFEST.write_text(json.dumps(entries, indent=2) + "\n")
+    save_json_atomic(entries, MANIFEST)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
             "final_loss": result.losses[-1][1] if result.losses else None,
             "parameters": sum(p.numel() for p in result.model.parameters()),
         }
-        (args.out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+        save_json_atomic(info, args.out / "info.json")
         print(f"wrote {args.out / 'model.pt'} ({result.step} steps)", file=sys.stderr)
         if args.ship:
             ship(args.out)

@@ -10,6 +10,7 @@ trains data-parallel with PyTorch DDP; only rank 0 writes.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -104,19 +105,29 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         b_ema.copy_(b)
 
 
-def save_atomic(obj, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
+def _write_atomic(path: str | Path, write: Callable, mode: str) -> None:
+    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with open(tmp, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically."""
+    _write_atomic(path, lambda f: torch.save(obj, f), "wb")
+
+
+def save_json_atomic(obj, path: str | Path) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (manifests, run records)."""
+    _write_atomic(path, lambda f: (json.dump(obj, f, indent=2), f.write("\n")), "w")
 
 
 def _distributed() -> tuple[int, int]:

@@ -16,7 +16,6 @@ both can be compared at the same budget; ``--dropout`` overrides its dropout (an
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +26,7 @@ from torch import nn
 
 from lesson_lib.device import pick_device
 from lesson_lib.recipes import MNIST_UNET, get_recipe
-from lesson_lib.training import TrainConfig, diffusion_loss, save_atomic, train
+from lesson_lib.training import TrainConfig, diffusion_loss, save_atomic, save_json_atomic, train
 from lesson_lib.unet import UNet
 
 
@@ -91,7 +90,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start, 1),
         "device": str(device),
     }
-    (args.out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    save_json_atomic(info, args.out / "info.json")
     print(info)
 
 

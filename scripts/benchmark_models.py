@@ -34,6 +34,7 @@ from lesson_lib.guidance import cfg
 from lesson_lib.metrics import FrechetReference, accuracy, quality_report, report_table
 from lesson_lib.pretrained import MANIFEST, load, manifest
 from lesson_lib.samplers import ddim_sample, ddpm_sample
+from lesson_lib.training import save_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -220,7 +221,7 @@ def main() -> None:
                 args.clip_x0,
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save_json_atomic(results, args.out)
     print(f"\nwrote {args.out}")
     if args.write_manifest:
         entries = manifest()
@@ -232,7 +233,7 @@ def main() -> None:
             "heldout_accuracy": results["classifier_heldout_accuracy"],
             "heldout": "500 bundled held-out digits",
         }
-        MANIFEST.write_text(json.dumps(entries, indent=2) + "\n")
+        save_json_atomic(entries, MANIFEST)
 
 
 if __name__ == "__main__":

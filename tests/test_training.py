@@ -1,5 +1,6 @@
 """The training loop: the loss, EMA, atomic checkpoints, exact resume, and DDP under torchrun."""
 
+import json
 import os
 import pickle
 import shutil
@@ -14,7 +15,14 @@ from torch import nn
 
 from lesson_lib.guidance import NULL_LABEL
 from lesson_lib.schedules import NoiseSchedule
-from lesson_lib.training import CHECKPOINT, TrainConfig, diffusion_loss, save_atomic, train
+from lesson_lib.training import (
+    CHECKPOINT,
+    TrainConfig,
+    diffusion_loss,
+    save_atomic,
+    save_json_atomic,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,6 +133,15 @@ def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
         save_atomic({"a": lambda: 0}, path)  # a lambda cannot be pickled
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(1))
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_save_json_atomic_keeps_the_old_manifest_when_writing_fails(tmp_path):
+    path = tmp_path / "manifest.json"
+    save_json_atomic({"mnist": {"steps": 1}}, path)
+    with pytest.raises(TypeError):  # json.dump has written '{"mnist": ' before it meets the set
+        save_json_atomic({"mnist": {"steps": {1}}}, path)
+    assert json.loads(path.read_text()) == {"mnist": {"steps": 1}}
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
 
 
 def test_ema_trails_the_weights():
