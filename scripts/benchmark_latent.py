@@ -21,7 +21,6 @@ Results are printed and written to docs/benchmarks_latent.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from lesson_lib.latent import prompt_cfg, sample
 from lesson_lib.metrics import accuracy, predict
 from lesson_lib.pretrained import load, manifest
 from lesson_lib.text import TEMPLATES, make_prompt, tokenize
+from lesson_lib.training import save_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 W = 3.0  # guidance weight for the fidelity test
@@ -174,8 +174,7 @@ def main() -> None:
         "latent_over_pixel_step_cost": {"target": TARGET_COST_RATIO, "met": ok_cost},
     }
     results["seconds_total"] = time.perf_counter() - start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save_json_atomic(results, args.out)
     print(f"wrote {args.out} ({results['seconds_total']:.0f} s)")
 
 

@@ -220,7 +220,6 @@ def main() -> None:
                 args.ddpm if name == "course" else None,
                 args.clip_x0,
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     save_json_atomic(results, args.out)
     print(f"\nwrote {args.out}")
     if args.write_manifest:

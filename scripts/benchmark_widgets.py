@@ -12,7 +12,6 @@ none. Target: median under 0.1 s. Prints a table and writes docs/benchmarks_widg
 from __future__ import annotations
 
 import gc
-import json
 import os
 import statistics
 import sys
@@ -28,6 +27,8 @@ import ipywidgets as widgets  # noqa: E402
 import nbformat  # noqa: E402
 import torch  # noqa: E402
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
+
+from lesson_lib.training import save_json_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SLIDERS = (widgets.IntSlider, widgets.FloatSlider, widgets.SelectionSlider)
@@ -111,7 +112,7 @@ def main() -> None:
         InteractiveShell.instance().reset(new_session=True)
     out = ROOT / "docs" / "benchmarks_widgets.json"
     if not sys.argv[1:]:
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        save_json_atomic(results, out)
         print(f"wrote {out}")
 
 
