@@ -25,10 +25,8 @@ import torch
 import torch.distributed as dist
 
 from .device import pick_device
-from .guidance import cfg
 from .pretrained import MANIFEST, WEIGHTS, manifest, sha256
 from .recipes import RECIPES, Recipe, get_recipe
-from .samplers import ddim_sample
 from .training import save_atomic, save_json_atomic, train
 from .viz import to_uint8
 
@@ -36,7 +34,8 @@ HISTORY_SNAPSHOTS = 24  # sample grids kept over a run, for notebook 04's slider
 
 
 class History:
-    """Every ``every`` steps, sample one of each digit from the same noise (DDIM 25, w = 3)."""
+    """Every ``every`` steps, sample one of each digit from the same noise (the recipe's
+    ``sample_grid``: DDIM 25 steps or Euler 25 steps, guidance w = 3)."""
 
     def __init__(self, recipe: Recipe, path: Path, every: int, device):
         self.recipe, self.path, self.every = recipe, path, every
@@ -50,7 +49,7 @@ class History:
     def __call__(self, step: int, loss: float, ema) -> None:
         if step % self.every or step in self.steps:
             return
-        x = ddim_sample(cfg(ema, 3.0), self.recipe.schedule, self.noise, 25, y=self.labels)
+        x = self.recipe.sample_grid(ema, self.noise, self.labels)
         self.steps.append(step)
         self.images.append(torch.from_numpy(to_uint8(x)))
         save_atomic(
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank
     model = recipe.make_model()
     history = None
-    if recipe.model_config.get("num_classes") is not None and rank == 0:  # class-label pixels
+    if recipe.sample_grid is not None and rank == 0:
         every = max(recipe.train.log_every, recipe.train.steps // HISTORY_SNAPSHOTS)
         every -= every % recipe.train.log_every  # the callback runs on logging steps
         history = History(recipe, args.out / "history.pt", every, device)

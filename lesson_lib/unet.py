@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesson_lib.attention import SelfAttention, SpatialCrossAttention
-from lesson_lib.checks import check_int, check_real, check_tensor, check_timesteps
+from lesson_lib.checks import check_flow_times, check_int, check_real, check_tensor, check_timesteps
 
 # ----------------------------------------------------------------------------- building blocks
 
@@ -166,6 +166,7 @@ class UNetConfig:
     num_classes: int | None = 10  # class labels 0..num_classes-1, num_classes = null; None = none
     context_dim: int | None = None  # width of cross-attention context tokens; None = no context
     num_timesteps: int = 1000  # T: the model accepts t = 0 ... T-1
+    continuous_time: bool = False  # True: t is a float time in [0, 1] (flow matching), embedded as t * T
 
     def __post_init__(self):
         check_int("in_channels", self.in_channels, low=1)
@@ -281,7 +282,7 @@ class UNet(nn.Module):
         returns each cross-attention layer's maps, a list of (B, heads, h, w, L) tensors.
         """
         B = self._check(x, t, y, context, context_mask)
-        emb = self.time_embed(t)  # (B, E)
+        emb = self.time_embed(t * self.config.num_timesteps if self.config.continuous_time else t)
         if self.label_embed is not None:
             if y is None:
                 y = torch.full((B,), self.config.num_classes, dtype=torch.long, device=x.device)
@@ -318,7 +319,10 @@ class UNet(nn.Module):
         if not x.dtype.is_floating_point:
             raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         B = x.shape[0]
-        check_timesteps("t", t, c.num_timesteps, batch=B)
+        if c.continuous_time:
+            check_flow_times("t", t, batch=B)
+        else:
+            check_timesteps("t", t, c.num_timesteps, batch=B)
         if y is not None:
             if c.num_classes is None:
                 raise ValueError("y was given but this model has num_classes=None (no labels)")
