@@ -86,7 +86,9 @@ def check_flow_times(name: str, s, batch: int | None = None) -> torch.Tensor:
     """Check float flow times ``s`` of shape ``(B,)`` with ``0 <= s <= 1``; return them."""
     check_tensor(name, s)
     if not s.dtype.is_floating_point:
-        raise TypeError(f"{name} must be a floating-point tensor of flow times, got dtype {s.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor of flow times, got dtype {s.dtype}"
+        )
     if s.ndim != 1 or (batch is not None and s.shape[0] != batch):
         want = "(B,)" if batch is None else f"({batch},)"
         raise ValueError(f"{name} must have shape {want}, got shape {tuple(s.shape)}")

@@ -27,11 +27,12 @@ from torch import nn
 
 from .checks import check_int, check_real, check_tensor
 from .guidance import guide
+from .loop import TrainConfig
+from .losses import diffusion_loss
 from .metrics import check_images
 from .samplers import ddim_sample
 from .schedules import NoiseSchedule, as_timesteps
 from .text import TextEncoder, TextEncoderConfig, random_prompts, tokenize
-from .training import TrainConfig, diffusion_loss
 from .unet import UNet, UNetConfig
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 - ``Classifier``: a small CNN; ``forward`` gives logits, ``features`` the 128-d penultimate
   activations used for the Fréchet distance. ``classifier_loss`` trains it with
-  ``lesson_lib.training.train`` (``CLASSIFIER_TRAIN`` is the recipe).
+  ``lesson_lib.loop.train`` (``CLASSIFIER_TRAIN`` is the recipe).
 - Class-conditional samples: ``accuracy`` (does the classifier read the digit we asked for?).
 - Any samples: ``digit_histogram`` (are all digits there?), ``fd_with_floor`` (Fréchet distance
   to real digits in classifier-feature space, beside the same number for *real* digits),
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_int, check_real, check_tensor
-from .training import TrainConfig
+from .loop import TrainConfig
 
 FEATURES = 128  # width of the penultimate layer: the feature space of the Fréchet distance
 

@@ -27,11 +27,12 @@ from .latent import (
     encoded_mnist,
     latent_diffusion_loss,
 )
+from .loop import TrainConfig
+from .losses import diffusion_loss
 from .metrics import CLASSIFIER_TRAIN, Classifier, classifier_loss
 from .samplers import ddim_sample
 from .schedules import NoiseSchedule
 from .text import TextEncoderConfig
-from .training import TrainConfig, diffusion_loss
 from .unet import UNet, UNetConfig
 
 

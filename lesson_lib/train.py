@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .atomic import save_atomic, save_json_atomic
 from .device import pick_device
+from .loop import train
 from .pretrained import MANIFEST, WEIGHTS, manifest, sha256
 from .recipes import RECIPES, Recipe, get_recipe
-from .training import save_atomic, save_json_atomic, train
 from .viz import to_uint8
 
 HISTORY_SNAPSHOTS = 24  # sample grids kept over a run, for notebook 04's slider

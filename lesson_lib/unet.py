@@ -166,7 +166,7 @@ class UNetConfig:
     num_classes: int | None = 10  # class labels 0..num_classes-1, num_classes = null; None = none
     context_dim: int | None = None  # width of cross-attention context tokens; None = no context
     num_timesteps: int = 1000  # T: the model accepts t = 0 ... T-1
-    continuous_time: bool = False  # True: t is a float time in [0, 1] (flow matching), embedded as t * T
+    continuous_time: bool = False  # True: t is a float flow time in [0, 1], embedded as t * T
 
     def __post_init__(self):
         check_int("in_channels", self.in_channels, low=1)

@@ -24,9 +24,11 @@ import torch
 from diffusers import UNet2DModel
 from torch import nn
 
+from lesson_lib.atomic import save_atomic, save_json_atomic
 from lesson_lib.device import pick_device
+from lesson_lib.loop import TrainConfig, train
+from lesson_lib.losses import diffusion_loss
 from lesson_lib.recipes import MNIST_UNET, get_recipe
-from lesson_lib.training import TrainConfig, diffusion_loss, save_atomic, save_json_atomic, train
 from lesson_lib.unet import UNet
 
 

@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 from benchmark_models import timed  # scripts/ is on sys.path when run as a script
 
+from lesson_lib.atomic import save_json_atomic
 from lesson_lib.data import load_mnist
 from lesson_lib.guidance import cfg
 from lesson_lib.latent import prompt_cfg, sample
 from lesson_lib.metrics import accuracy, predict
 from lesson_lib.pretrained import load, manifest
 from lesson_lib.text import TEMPLATES, make_prompt, tokenize
-from lesson_lib.training import save_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 W = 3.0  # guidance weight for the fidelity test

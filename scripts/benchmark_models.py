@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
+from lesson_lib.atomic import save_json_atomic
 from lesson_lib.data import load_mnist
 from lesson_lib.forward import q_sample
 from lesson_lib.guidance import cfg
 from lesson_lib.metrics import FrechetReference, accuracy, quality_report, report_table
 from lesson_lib.pretrained import MANIFEST, load, manifest
 from lesson_lib.samplers import ddim_sample, ddpm_sample
-from lesson_lib.training import save_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -28,7 +28,7 @@ import nbformat  # noqa: E402
 import torch  # noqa: E402
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
 
-from lesson_lib.training import save_json_atomic  # noqa: E402
+from lesson_lib.atomic import save_json_atomic  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SLIDERS = (widgets.IntSlider, widgets.FloatSlider, widgets.SelectionSlider)

@@ -229,7 +229,7 @@ def test_augment_is_seeded_and_identity_when_turned_off(mnist):
 
 
 def test_classifier_loss_trains_a_few_steps(mnist):
-    from lesson_lib.training import TrainConfig, train
+    from lesson_lib.loop import TrainConfig, train
 
     images, labels = mnist[0][:512], mnist[1][:512]
     torch.manual_seed(0)

@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from lesson_lib.loop import TrainConfig, train
+from lesson_lib.losses import diffusion_loss
 from lesson_lib.param import eps_from_score
 from lesson_lib.samplers import ddim_sample
 from lesson_lib.schedules import NoiseSchedule
@@ -15,7 +17,6 @@ from lesson_lib.score import (
     exact_eps_model,
     langevin,
 )
-from lesson_lib.training import TrainConfig, diffusion_loss, train
 
 ALPHA_BARS = [1.0, 0.9, 0.5, 0.1, 1e-3, 0.0]
 

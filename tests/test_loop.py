@@ -13,16 +13,11 @@ import pytest
 import torch
 from torch import nn
 
+from lesson_lib.atomic import save_atomic, save_json_atomic
 from lesson_lib.guidance import NULL_LABEL
+from lesson_lib.loop import CHECKPOINT, TrainConfig, train
+from lesson_lib.losses import diffusion_loss
 from lesson_lib.schedules import NoiseSchedule
-from lesson_lib.training import (
-    CHECKPOINT,
-    TrainConfig,
-    diffusion_loss,
-    save_atomic,
-    save_json_atomic,
-    train,
-)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Training: the simple noise-prediction loss and one training loop for every course model.
+"""The training loop for every course model (the losses live beside their models).
 
 The loop keeps an EMA copy of the weights (the copy that samples), clips gradients, shows a tqdm
 bar with the loss, writes checkpoints atomically (temporary file, then rename) every
@@ -10,23 +10,18 @@ trains data-parallel with PyTorch DDP; only rank 0 writes.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .atomic import save_atomic
 from .checks import check_int, check_real, check_tensor
-from .forward import q_sample
-from .guidance import drop_labels
-from .schedules import NoiseSchedule
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -57,31 +52,6 @@ class TrainConfig:
         check_int("seed", self.seed, low=0)
 
 
-def diffusion_loss(
-    model: Callable,
-    schedule: NoiseSchedule,
-    x0: torch.Tensor,
-    y: torch.Tensor | None = None,
-    p_uncond: float = 0.1,
-    generator: torch.Generator | None = None,
-    **cond,
-) -> torch.Tensor:
-    """The simple loss ``|| eps - eps_theta(x_t, t) ||^2`` (Ho et al. 2020, Eq. 14; Algorithm 1).
-
-    ``x0``: (B, ...) clean data; ``y``: (B,) labels or None. A fraction ``p_uncond`` of labels is
-    replaced by the null label (Ho & Salimans 2022), so one model learns both conditional and
-    unconditional noise prediction. Extra ``cond`` (e.g. ``context``) goes to the model as is.
-    """
-    check_tensor("x0", x0)
-    check_real("p_uncond", p_uncond, low=0.0, high=1.0)
-    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    x_t = q_sample(schedule, x0, t, noise)  # Eq. 4
-    if y is not None:
-        cond["y"] = drop_labels(y, p_uncond, generator=generator)
-    return F.mse_loss(model(x_t, t, **cond), noise)
-
-
 @dataclass
 class TrainResult:
     model: nn.Module  # the EMA weights, in eval mode
@@ -103,31 +73,6 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
     for b_ema, b in zip(ema.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)
-
-
-def _write_atomic(path: str | Path, write: Callable, mode: str) -> None:
-    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_atomic(obj, path: str | Path) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically."""
-    _write_atomic(path, lambda f: torch.save(obj, f), "wb")
-
-
-def save_json_atomic(obj, path: str | Path) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (manifests, run records)."""
-    _write_atomic(path, lambda f: (json.dump(obj, f, indent=2), f.write("\n")), "w")
 
 
 def _distributed() -> tuple[int, int]:
