@@ -1,0 +1,269 @@
+"""Fast ODE samplers: Euler, Heun (Karras et al. 2022) and DPM-Solver++(2M) (Lu et al. 2022b).
+
+All three solve the probability-flow ODE of a course eps-model. In EDM's variables (Karras et al.
+2022, Eq. 4 and Table 1 for a VP schedule) the ODE is one line:
+
+| here            | paper                         | relation                                   |
+|-----------------|-------------------------------|--------------------------------------------|
+| `alpha[t]`      | alpha_t (Lu), s(t) (Karras)   | sqrt(alpha_bar_t); 1 at t = -1 ("done")    |
+| `sigma[t]`      | sigma(t) (Karras)             | sqrt((1 - alpha_bar_t) / alpha_bar_t); 0 at t = -1 |
+| `x_t / alpha`   | x (Karras), x_bar (Song 2021) | the noisy point, rescaled to unit signal   |
+| `lambda`        | lambda_t (Lu)                 | log-SNR = -2 log sigma                     |
+
+    d(x_t / alpha_t) / d sigma = eps(x_t, t)        (Karras et al. 2022, Eq. 3; Song et al. 2021, Eq. 14)
+
+Euler's method on it is DDIM with eta = 0 (`lesson_lib.samplers.ddim_step`); Heun adds a second
+evaluation at the next grid point; DPM-Solver++(2M) reuses the previous step's x0 instead.
+
+Every network call is at one of the schedule's integer timesteps, the same step for the whole
+batch. `solver_timesteps` picks them; the last step goes to t = -1, where alpha_bar = 1.
+`network_calls(sampler, steps)` says how many calls a run makes (Heun: 2 * steps - 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .checks import check_choice, check_int, check_tensor
+from .param import eps_from_x0, x0_from_eps
+from .samplers import Trajectory, ddim_sample, ddim_step, ddim_timesteps
+from .schedules import NoiseSchedule
+
+__all__ = [
+    "SOLVER_SPACINGS",
+    "edm_sigmas",
+    "solver_timesteps",
+    "euler_sample",
+    "heun_sample",
+    "dpmpp_2m_sample",
+    "network_calls",
+    "steps_for_calls",
+]
+
+SOLVER_SPACINGS = ("linspace", "karras", "logsnr")
+RHO = 7.0  # Karras et al. 2022, Eq. 5: rho = 7 puts most steps at low noise
+
+
+def edm_sigmas(schedule: NoiseSchedule) -> torch.Tensor:
+    """EDM's sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) for t = 0 ... T-1: (T,) float64."""
+    return ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt()
+
+
+def _nearest_timesteps(schedule: NoiseSchedule, log_sigma: torch.Tensor) -> torch.Tensor:
+    """The integer timesteps nearest in log sigma to `log_sigma` (N,) (largest first), made
+    strictly decreasing: where rounding merges points near t = 0 the earlier ones move up by one."""
+    table = edm_sigmas(schedule).log()  # increasing in t
+    ts = (log_sigma[:, None] - table).abs().argmin(1)  # (N,)
+    k = torch.arange(len(ts))
+    v = (ts + k).flip(0).cummax(0).values.flip(0)  # ts + k non-increasing <=> ts strictly falling
+    return v.clamp(max=schedule.T - 1).cummin(0).values - k
+
+
+def solver_timesteps(
+    schedule: NoiseSchedule, steps: int, spacing: str = "linspace"
+) -> torch.Tensor:
+    """The `steps` timesteps a solver visits, largest first: LongTensor (steps,); then t = -1.
+
+    - "linspace": `steps + 1` points from T-1 down to 0, rounded, the last (0) replaced by "done":
+      diffusers' `DPMSolverMultistepScheduler` with `timestep_spacing="linspace"` and
+      `final_sigmas_type="zero"`;
+    - "karras": EDM's sigmas from sigma(T-1) to sigma(0), uniform in sigma^(1/7) (Karras et al.
+      2022, Eq. 5, rho = 7), each mapped to the nearest timestep in log sigma;
+    - "logsnr": uniform in log-SNR lambda between the same ends (Lu et al. 2022a, Sec. 3.3).
+    """
+    T = schedule.T
+    steps = check_int("steps", steps, low=1, high=T - 1)
+    check_choice("spacing", spacing, SOLVER_SPACINGS)
+    if spacing == "linspace":
+        return ddim_timesteps(T, steps + 1, "linspace")[:-1]
+    i = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1)
+    s_max, s_min = edm_sigmas(schedule)[[T - 1, 0]]
+    if spacing == "karras":
+        root = s_max ** (1 / RHO) + i * (s_min ** (1 / RHO) - s_max ** (1 / RHO))  # Eq. 5
+        return _nearest_timesteps(schedule, RHO * root.log())
+    return _nearest_timesteps(schedule, s_max.log() + i * (s_min.log() - s_max.log()))
+
+
+class _Run:
+    """One sampling run: calls the model (counting the calls), clips x0 if asked, and keeps the
+    trajectory. Every sampler below is a short loop over `run.pairs`."""
+
+    def __init__(self, model, schedule, x_T, steps, spacing, clip_x0, progress, keep, cond):
+        check_tensor("x_T", x_T)
+        if x_T.ndim == 0:
+            raise ValueError("x_T must have a batch dimension (B, ...), got a 0-d tensor")
+        if not callable(model):
+            raise TypeError(f"model must be callable as model(x_t, t, **cond), got {model!r}")
+        self.model, self.schedule, self.cond = model, schedule, cond
+        self.clip_x0, self.keep, self.xs, self.x0s = clip_x0, keep, [], []
+        self.ts = solver_timesteps(schedule, steps, spacing).tolist()
+        pairs = list(zip(self.ts, self.ts[1:] + [-1], strict=True))
+        self.pairs = tqdm(pairs, disable=not progress, desc="sampling")
+        ab = torch.cat([schedule.alpha_bar.new_ones(1), schedule.alpha_bar])  # index t + 1
+        self._alpha, self._sigma = ab.sqrt().tolist(), ((1 - ab) / ab).sqrt().tolist()
+
+    def eps_x0(self, x: torch.Tensor, t: int, record: bool = True):
+        """The model's eps at (x, t) and the x0 it predicts (x0 clamped to [-1, 1] if asked)."""
+        batch_t = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        eps = self.model(x, batch_t, **self.cond)
+        if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
+            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+            raise ValueError(
+                f"model output must be eps shaped like x_t {tuple(x.shape)}, got {got}"
+            )
+        x0 = x0_from_eps(self.schedule, x, t, eps)  # Ho et al. 2020, Eq. 15
+        if self.clip_x0:
+            x0 = x0.clamp(-1, 1)
+            eps = eps_from_x0(self.schedule, x, t, x0)
+        if record and self.keep:
+            self.xs.append(x.cpu())
+            self.x0s.append(x0.cpu())
+        return eps, x0
+
+    def alpha(self, t: int) -> float:
+        """sqrt(alpha_bar_t), 1 at t = -1."""
+        return self._alpha[t + 1]
+
+    def sigma(self, t: int) -> float:
+        """EDM's sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), 0 at t = -1."""
+        return self._sigma[t + 1]
+
+    def result(self, x: torch.Tensor) -> torch.Tensor | Trajectory:
+        if not self.keep:
+            return x
+        timesteps = torch.tensor(self.ts, dtype=torch.long)
+        return Trajectory(x, timesteps, torch.stack(self.xs), torch.stack(self.x0s))
+
+
+@torch.no_grad()
+def euler_sample(
+    model: Callable,
+    schedule: NoiseSchedule,
+    x_T: torch.Tensor,
+    steps: int = 50,
+    spacing: str = "linspace",
+    *,
+    generator: torch.Generator | None = None,
+    clip_x0: bool = False,
+    progress: bool = False,
+    return_trajectory: bool = False,
+    **cond,
+) -> torch.Tensor | Trajectory:
+    """Euler's method on the PF-ODE in sigma (Karras et al. 2022, Alg. 1 without line 8): DDIM with
+    eta = 0 (`ddim_step`) on `solver_timesteps(schedule, steps, spacing)`. x_T: (B, ...).
+
+    Deterministic: `generator` is accepted so the call matches `ddim_sample`; nothing is drawn.
+    Returns x_0 (B, ...), or a `Trajectory` when `return_trajectory`. `steps` network calls.
+    """
+    run = _Run(model, schedule, x_T, steps, spacing, clip_x0, progress, return_trajectory, cond)
+    x = x_T
+    for t, t_next in run.pairs:
+        eps, _ = run.eps_x0(x, t)
+        x = ddim_step(schedule, x, t, t_next, eps)  # x/alpha += (sigma' - sigma) eps (Eq. 3)
+    return run.result(x)
+
+
+@torch.no_grad()
+def heun_sample(
+    model: Callable,
+    schedule: NoiseSchedule,
+    x_T: torch.Tensor,
+    steps: int = 50,
+    spacing: str = "linspace",
+    *,
+    generator: torch.Generator | None = None,
+    clip_x0: bool = False,
+    progress: bool = False,
+    return_trajectory: bool = False,
+    **cond,
+) -> torch.Tensor | Trajectory:
+    """Heun's 2nd-order method on the PF-ODE in sigma (Karras et al. 2022, Algorithm 1, S_churn =
+    0), on `solver_timesteps(schedule, steps, spacing)`. x_T: (B, ...).
+
+    The second evaluation is at the next grid point; the last step, to alpha_bar = 1, is Euler's
+    (Alg. 1, line 6), so a run makes 2 * steps - 1 network calls. Deterministic: `generator` is
+    accepted so the call matches `ddim_sample`. Returns x_0 (B, ...), or a `Trajectory`.
+    """
+    run = _Run(model, schedule, x_T, steps, spacing, clip_x0, progress, return_trajectory, cond)
+    x = x_T
+    for t, t_next in run.pairs:
+        eps, _ = run.eps_x0(x, t)  # d_i = (x - D(x; sigma_i)) / sigma_i = eps (Alg. 1, line 4)
+        x_next = ddim_step(schedule, x, t, t_next, eps)  # Euler step (Alg. 1, line 5)
+        if t_next >= 0:
+            eps_next, _ = run.eps_x0(x_next, t_next, record=False)  # d'_i (Alg. 1, line 7)
+            h = run.sigma(t_next) - run.sigma(t)
+            x_next = x_next + run.alpha(t_next) * h / 2 * (eps_next - eps)  # Alg. 1, line 8
+        x = x_next
+    return run.result(x)
+
+
+@torch.no_grad()
+def dpmpp_2m_sample(
+    model: Callable,
+    schedule: NoiseSchedule,
+    x_T: torch.Tensor,
+    steps: int = 50,
+    spacing: str = "linspace",
+    *,
+    generator: torch.Generator | None = None,
+    clip_x0: bool = False,
+    progress: bool = False,
+    return_trajectory: bool = False,
+    **cond,
+) -> torch.Tensor | Trajectory:
+    """DPM-Solver++(2M), multistep 2nd order in log-SNR (Lu et al. 2022b, Algorithm 2), on
+    `solver_timesteps(schedule, steps, spacing)`. x_T: (B, ...).
+
+    The first step and the last (to alpha_bar = 1) are first order, i.e. DDIM, as in diffusers'
+    `DPMSolverMultistepScheduler` (lower_order_final, final_sigmas_type="zero"). `steps` network
+    calls; deterministic (`generator` is accepted so the call matches `ddim_sample`). Returns
+    x_0 (B, ...), or a `Trajectory` when `return_trajectory`.
+    """
+    run = _Run(model, schedule, x_T, steps, spacing, clip_x0, progress, return_trajectory, cond)
+    x, x0_prev, h_prev = x_T, None, None
+    for t, t_next in run.pairs:
+        eps, x0 = run.eps_x0(x, t)
+        x_next = ddim_step(schedule, x, t, t_next, eps)  # DPM-Solver++(1) = DDIM (Lu et al. Eq. 9)
+        if t_next >= 0:
+            h = math.log(run.sigma(t) / run.sigma(t_next))  # h_i = lambda_i - lambda_{i-1}
+            if x0_prev is not None:  # Alg. 2: D_i = x0_i + (x0_i - x0_{i-1}) / (2 r_i)
+                d = (x0 - x0_prev) * (h / (2 * h_prev))  # r_i = h_{i-1} / h_i
+                x_next = x_next + run.alpha(t_next) * (1 - math.exp(-h)) * d  # Eq. 9, D_i for x0
+            h_prev = h
+        x, x0_prev = x_next, x0
+    return run.result(x)
+
+
+_CALLS = {  # network calls of a run with `steps` steps
+    ddim_sample: lambda steps: steps,
+    euler_sample: lambda steps: steps,
+    heun_sample: lambda steps: 2 * steps - 1,
+    dpmpp_2m_sample: lambda steps: steps,
+}
+
+
+def network_calls(sampler: Callable, steps: int) -> int:
+    """How many times `sampler(model, schedule, x_T, steps)` calls the model: `steps` for
+    `ddim_sample`, `euler_sample` and `dpmpp_2m_sample`, 2 * steps - 1 for `heun_sample`.
+
+    A call is one model evaluation of the whole batch (a `cfg`-guided model's is one of batch 2B).
+    """
+    if sampler not in _CALLS:
+        known = ", ".join(f.__name__ for f in _CALLS)
+        raise ValueError(
+            f"sampler={getattr(sampler, '__name__', sampler)!r} is not known: allowed {known}"
+        )
+    return _CALLS[sampler](check_int("steps", steps, low=1))
+
+
+def steps_for_calls(sampler: Callable, calls: int) -> int:
+    """The most steps `sampler` can take within `calls` network calls (at least 1)."""
+    calls = check_int("calls", calls, low=1)
+    steps = 1
+    while network_calls(sampler, steps + 1) <= calls:
+        steps += 1
+    return steps
