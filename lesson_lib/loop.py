@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # largest global gradient norm
     checkpoint_every: int = 500  # steps between atomic checkpoints (0: only at the end)
     log_every: int = 25  # steps between logged (averaged) losses
-    seed: int = 0  # seeds the model's initial weights and every random draw of the run
+    seed: int = 0  # seeds batches and loss draws; the command seeds torch's global RNG with it too
 
     def __post_init__(self):
         check_int("steps", self.steps, low=1)
@@ -75,6 +76,22 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         b_ema.copy_(b)
 
 
+def _random_states(generator: torch.Generator, device: torch.device) -> dict:
+    """Every random state a step draws from: the loop's generator and torch's global generators
+    (dropout's masks), CPU and, when training on CUDA, every CUDA device's."""
+    states = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_random_states(states: dict, generator: torch.Generator, device: torch.device) -> None:
+    generator.set_state(states["generator"].cpu())
+    torch.set_rng_state(states["torch"].cpu())
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
 def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -96,6 +113,8 @@ def train(
     ``data``: tensors with the same first dimension (e.g. images and labels), kept whole on the
     device. Each step draws ``batch_size`` rows with replacement from a seeded generator.
     ``out_dir``: where ``checkpoint.pt`` is written; a run finding one there resumes from it.
+    Dropout draws from torch's global generator, which the caller seeds (the command seeds it with
+    ``config.seed`` before building the model); checkpoints save and restore it.
     ``callback(step, loss, ema_model)`` runs on rank 0 every ``log_every`` steps.
     """
     rank, world = _distributed()
@@ -121,14 +140,26 @@ def train(
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
-        generator.set_state(ckpt["generators"][rank].cpu())
         step, losses = ckpt["step"], [tuple(x) for x in ckpt["losses"]]
+        if rank == 0:
+            print(f"resumed from {path} at step {step} of {config.steps}", file=sys.stderr)
+        if "random_states" in ckpt:
+            _set_random_states(ckpt["random_states"][rank], generator, device)
+        else:  # a checkpoint written before the global states were saved
+            generator.set_state(ckpt["generators"][rank].cpu())
+            if rank == 0:
+                print(
+                    f"note: {path} does not hold torch's global random states, so the resume "
+                    "is exact only for a model without dropout",
+                    file=sys.stderr,
+                )
 
     def checkpoint() -> None:
-        states = [generator.get_state()]
+        here = _random_states(generator, device)
+        states = [here]
         if world > 1:
             states = [None] * world
-            dist.all_gather_object(states, generator.get_state())
+            dist.all_gather_object(states, here)  # each rank's own, in rank order
         if rank == 0 and path is not None:
             save_atomic(
                 {
@@ -137,7 +168,7 @@ def train(
                     "model": model.state_dict(),
                     "ema": ema.state_dict(),
                     "optimizer": opt.state_dict(),
-                    "generators": states,
+                    "random_states": states,
                     "losses": losses,
                     "config": asdict(config),
                 },

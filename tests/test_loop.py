@@ -1,6 +1,7 @@
-"""The training loop: the loss, EMA, atomic checkpoints, exact resume, and DDP under torchrun."""
+"""The training loop: learning rate, clipping, EMA, atomic checkpoints, exact resume, and DDP."""
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -12,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from lesson_lib.atomic import save_atomic, save_json_atomic
-from lesson_lib.guidance import NULL_LABEL
 from lesson_lib.loop import CHECKPOINT, TrainConfig, train
 from lesson_lib.losses import diffusion_loss
 from lesson_lib.schedules import NoiseSchedule
@@ -23,15 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Tiny(nn.Module):
-    """A few parameters and a label embedding: enough to check the loop, fast."""
+    """A few parameters, dropout and a label embedding: enough to check the loop, fast."""
 
-    def __init__(self):
+    def __init__(self, dropout=0.0):
         super().__init__()
         self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        self.drop = nn.Dropout(dropout)
         self.embed = nn.Embedding(11, 1)
 
     def forward(self, x, t, y=None):
-        out = self.conv(x) + t.float().view(-1, 1, 1, 1) / 1000
+        out = self.drop(self.conv(x)) + t.float().view(-1, 1, 1, 1) / 1000
         return out if y is None else out + self.embed(y).view(-1, 1, 1, 1)
 
 
@@ -53,42 +55,61 @@ def _config(**kw):
     )
 
 
-def _run(out_dir=None, callback=None, **kw):
+def _run(out_dir=None, callback=None, dropout=0.0, **kw):
     torch.manual_seed(0)
     return train(
-        Tiny(), _loss, _data(), _config(**kw), out_dir=out_dir, progress=False, callback=callback
+        Tiny(dropout), _loss, _data(), _config(**kw), out_dir, progress=False, callback=callback
     )
 
 
-def test_diffusion_loss_is_the_mse_between_true_and_predicted_noise():
-    x0 = torch.randn(4, 1, 8, 8)
-    seen = {}
-
-    def model(x_t, t, y=None):
-        seen.update(x_t=x_t, t=t, y=y)
-        return torch.zeros_like(x_t)
-
-    g = torch.Generator().manual_seed(3)
-    loss = diffusion_loss(model, SCHEDULE, x0, torch.arange(4), p_uncond=0.0, generator=g)
-    # Recover the noise from x_t by inverting q_sample in float64: the loss is its mean square.
-    ab = SCHEDULE.alpha_bar[seen["t"]].view(-1, 1, 1, 1)
-    eps = (seen["x_t"].double() - ab.sqrt() * x0.double()) / (1 - ab).sqrt()
-    assert torch.allclose(loss.double(), eps.square().mean(), rtol=1e-4)
-    assert torch.equal(seen["y"], torch.arange(4))
+def _stop_at_3(step, loss, ema):
+    if step == 3:
+        raise KeyboardInterrupt
 
 
-def test_label_dropout_reaches_the_model():
-    got = []
+class Line(nn.Module):
+    """Four float64 weights trained on the loss ``scale * w.sum()``, whose gradient is ``scale``
+    everywhere: AdamW then moves each weight by exactly the learning rate (up to its eps)."""
 
-    def model(x_t, t, y=None):
-        got.append(y)
-        return torch.zeros_like(x_t)
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(4, dtype=torch.float64))
 
-    diffusion_loss(
-        model, SCHEDULE, torch.zeros(1000, 1, 2, 2), torch.zeros(1000, dtype=torch.long), 0.3
+
+def _train_line(scale=1.0, **kw):
+    """The weights before each step and after the last, (steps + 1, 4); the EMA after each step,
+    (steps, 4); and the result."""
+    model, weights, emas = Line(), [], []
+
+    def loss(net, batch, generator):
+        weights.append(net.w.detach().clone())
+        return scale * net.w.sum()
+
+    def callback(step, loss, ema):
+        emas.append(ema.w.clone())
+
+    result = train(model, loss, [torch.zeros(1)], _config(**kw), progress=False, callback=callback)
+    return torch.stack([*weights, model.w.detach()]), torch.stack(emas), result
+
+
+def test_the_learning_rate_warms_up_linearly_then_decays_by_a_cosine():
+    weights, _, _ = _train_line(lr=1.0, warmup=2, steps=6, grad_clip=100.0)
+    c = math.cos(math.pi / 4)
+    # warm-up (k + 1) / warmup for k = 0, 1; then 0.5 (1 + cos(pi (k - warmup) / (steps - warmup)))
+    expected = torch.tensor([0.5, 1.0, 1.0, 0.5 * (1 + c), 0.5, 0.5 * (1 - c)], dtype=torch.float64)
+    assert torch.allclose(weights[:-1, 0] - weights[1:, 0], expected, rtol=1e-6)
+
+
+def test_the_optimiser_sees_the_clipped_gradient():
+    norms = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: norms.append(opt.param_groups[0]["params"][0].grad.norm().item())
     )
-    frac = (got[0] == NULL_LABEL).double().mean().item()
-    assert 0.25 < frac < 0.35
+    try:
+        _train_line(scale=10.0, grad_clip=0.5)  # the gradient's norm is 10 * sqrt(4) = 20
+    finally:
+        hook.remove()
+    assert norms == pytest.approx([0.5] * 8)
 
 
 def test_training_lowers_the_loss():
@@ -97,28 +118,41 @@ def test_training_lowers_the_loss():
     assert last < first
 
 
-def test_interrupted_run_resumes_exactly(tmp_path):
-    straight = _run(tmp_path / "a")
-
-    def stop_at_3(step, loss, ema):
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path / "b", callback=stop_at_3)
-    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["step"] == 3
-    resumed = _run(tmp_path / "b")
-    assert resumed.step == straight.step == 8
-    for p, q in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+def _assert_same_run(a, b):
+    assert a.step == b.step == 8 and a.losses == b.losses
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.equal(p, q)
-    assert resumed.losses == straight.losses
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_interrupted_run_resumes_exactly_and_says_so(tmp_path, capsys, dropout):
+    straight = _run(tmp_path / "a", dropout=dropout)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", _stop_at_3, dropout=dropout)
+    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=True)["step"] == 3
+    assert "resumed" not in capsys.readouterr().err
+    _assert_same_run(straight, _run(tmp_path / "b", dropout=dropout))
+    assert capsys.readouterr().err == f"resumed from {tmp_path / 'b' / CHECKPOINT} at step 3 of 8\n"
+
+
+def test_a_checkpoint_without_random_states_resumes_with_a_note(tmp_path, capsys):
+    """As written before torch's global random states were saved: the loop's generator only."""
+    straight = _run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", _stop_at_3)
+    path = tmp_path / "b" / CHECKPOINT
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["generators"] = [s["generator"] for s in ckpt.pop("random_states")]
+    torch.save(ckpt, path)
+    _assert_same_run(straight, _run(tmp_path / "b"))
+    assert "exact only for a model without dropout" in capsys.readouterr().err
 
 
 def test_checkpoints_are_written_atomically(tmp_path):
     _run(tmp_path, checkpoint_every=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]  # no temporary left over
     ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
-    assert ckpt["step"] == 8 and set(ckpt) >= {"model", "ema", "optimizer", "generators"}
+    assert ckpt["step"] == 8 and set(ckpt) >= {"model", "ema", "optimizer", "random_states"}
 
 
 def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -139,8 +173,14 @@ def test_save_json_atomic_keeps_the_old_manifest_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
 
 
-def test_ema_trails_the_weights():
-    result = _run(steps=20, ema_decay=0.5)
+def test_ema_trails_the_weights_by_the_warmed_up_decay():
+    weights, emas, result = _train_line(steps=20, ema_decay=0.6)
+    ema = weights[0]
+    for n in range(20):
+        decay = min(0.6, (1 + n) / (10 + n))  # the warm-up reaches 0.6 at step 13
+        ema = decay * ema + (1 - decay) * weights[n + 1]
+        assert torch.allclose(emas[n], ema, rtol=0, atol=1e-14)
+    assert torch.equal(result.model.w, emas[-1])
     assert result.model.training is False
     assert all(not p.requires_grad for p in result.model.parameters())
 
@@ -173,7 +213,8 @@ def test_torchrun_two_cpu_ranks_trains_and_resumes(tmp_path):
         )
         assert done.returncode == 0, done.stderr[-3000:]
         ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
-        assert ckpt["step"] == steps and ckpt["world"] == 2 and len(ckpt["generators"]) == 2
+        assert ckpt["step"] == steps and ckpt["world"] == 2 and len(ckpt["random_states"]) == 2
+    assert done.stderr.count("resumed from") == 1  # the second run, rank 0 only
     assert (tmp_path / "model.pt").exists() and (tmp_path / "info.json").exists()
     # A single-process run refuses the two-rank checkpoint instead of resuming it wrongly.
     single = subprocess.run(
@@ -216,35 +257,31 @@ def test_the_training_command_checkpoints_on_sigterm_and_resumes(tmp_path):
 @pytest.fixture
 def shipped_copy(tmp_path, monkeypatch):
     """A private copy of lesson_lib/weights that the training command may ship into."""
-    from lesson_lib import pretrained
-    from lesson_lib import train as command
+    from lesson_lib import manifest
 
     copy = tmp_path / "weights"
-    shutil.copytree(pretrained.WEIGHTS, copy)
-    for module in (pretrained, command):
-        monkeypatch.setattr(module, "WEIGHTS", copy)
-        monkeypatch.setattr(module, "MANIFEST", copy / "manifest.json")
+    shutil.copytree(manifest.WEIGHTS, copy)
+    monkeypatch.setattr(manifest, "WEIGHTS", copy)
+    monkeypatch.setattr(manifest, "MANIFEST", copy / "manifest.json")
     return copy
 
 
 def test_the_training_command_ships_a_run_into_the_manifest(tmp_path, shipped_copy):
-    from lesson_lib import pretrained
+    from lesson_lib import manifest, pretrained
     from lesson_lib.train import main
 
-    others = pretrained.manifest()
+    others = manifest.read_manifest()
     out = tmp_path / "run"
     main(["--config", "mnist_tiny", "--steps", "25", "--out", str(out), "--device", "cpu",
           "--no-progress", "--ship"])  # fmt: skip
 
-    entries = pretrained.manifest()
+    entries = manifest.read_manifest()
     entry = entries.pop("mnist_tiny")
     assert entries == others  # the other models' entries are untouched
-    assert entry["recipe"] == "mnist_tiny" and entry["steps"] == 25
-    assert (
-        entry["command"] == f"python -m lesson_lib.train --config mnist_tiny --steps 25 --out {out}"
-    )
-    assert entry["file_sha256"] == pretrained.sha256(out / "model.pt")
-    assert entry["history_sha256"] == pretrained.sha256(out / "history.pt")
+    assert entry.recipe == "mnist_tiny" and entry.steps == 25
+    assert entry.command == f"python -m lesson_lib.train --config mnist_tiny --steps 25 --out {out}"
+    assert entry.file_sha256 == manifest.sha256(out / "model.pt")
+    assert entry.history_sha256 == manifest.sha256(out / "history.pt")
     assert pretrained.history("mnist_tiny")["steps"].tolist() == [25]
     trained = torch.load(out / "model.pt", weights_only=True)
     loaded = pretrained.load("mnist_tiny").model.state_dict()
