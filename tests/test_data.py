@@ -4,7 +4,6 @@ import hashlib
 import re
 import socket
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -108,28 +107,29 @@ def test_returned_tensors_are_fresh_copies():
 # ----------------------------------------------------------------------------- source choice
 
 
-def test_auto_offline_falls_back_to_the_bundled_subset_quickly(tmp_path, no_network, capsys):
-    start = time.perf_counter()
+def test_auto_offline_falls_back_to_the_bundled_subset_at_once(tmp_path, no_network, capsys):
+    """After one refused connection: no retries, no download tried."""
     images, labels = load_mnist("train", root=tmp_path)
-    assert time.perf_counter() - start < 2.0
     assert images.shape == (4500, 1, 28, 28)
-    assert no_network, "the fallback should come from a refused connection, not from skipping it"
+    assert len(no_network) == 1, "the fallback should follow one refused connection"
     out = capsys.readouterr().out
     assert "bundled MNIST subset" in out and "cannot be reached" in out
 
 
 def test_auto_does_not_hang_when_the_network_hangs(tmp_path, monkeypatch):
-    release = threading.Event()
+    """The connection hangs until the test releases it, after load_mnist has returned: a
+    load_mnist that waited for it would return only once the hang had ended."""
+    release, ended = threading.Event(), threading.Event()
 
     def hang(*args, **kwargs):
         release.wait(60)
+        ended.set()
         raise OSError("released by the test")
 
     monkeypatch.setattr(socket, "create_connection", hang)
     try:
-        start = time.perf_counter()
         images, _ = load_mnist("heldout", root=tmp_path, timeout=0.3)
-        assert time.perf_counter() - start < 2.0
+        assert not ended.is_set(), "load_mnist waited for the hung connection"
         assert images.shape == (500, 1, 28, 28)
     finally:
         release.set()
