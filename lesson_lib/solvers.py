@@ -3,20 +3,21 @@
 All three solve the probability-flow ODE of a course eps-model. In EDM's variables (Karras et al.
 2022, Eq. 4 and Table 1 for a VP schedule) the ODE is one line:
 
-| here            | paper                         | relation                                   |
-|-----------------|-------------------------------|--------------------------------------------|
-| `alpha[t]`      | alpha_t (Lu), s(t) (Karras)   | sqrt(alpha_bar_t); 1 at t = -1 ("done")    |
-| `sigma[t]`      | sigma(t) (Karras)             | sqrt((1 - alpha_bar_t) / alpha_bar_t); 0 at t = -1 |
-| `x_t / alpha`   | x (Karras), x_bar (Song 2021) | the noisy point, rescaled to unit signal   |
-| `lambda`        | lambda_t (Lu)                 | log-SNR = -2 log sigma                     |
+| here          | paper                         | relation                                        |
+|---------------|-------------------------------|-------------------------------------------------|
+| `alpha`       | alpha_t (Lu), s(t) (Karras)   | sqrt(alpha_bar_t); 1 at t = -1 ("done")         |
+| `edm_sigma`   | sigma(t) (Karras)             | sqrt((1 - alpha_bar_t) / alpha_bar_t); 0 at -1  |
+| `x_t / alpha` | x (Karras), x_bar (Song 2021) | the noisy point, rescaled to unit signal        |
+| `h`           | h_i (Lu)                      | lambda_{i} - lambda_{i-1}, log-SNR lambda = -2 log edm_sigma |
 
-    d(x_t / alpha_t) / d sigma = eps(x_t, t)        (Karras et al. 2022, Eq. 3; Song et al. 2021, Eq. 14)
+    d(x_t / alpha) / d edm_sigma = eps(x_t, t)    (Karras et al. 2022, Eq. 3; Song et al. 2021, Eq. 14)
 
 Euler's method on it is DDIM with eta = 0 (`lesson_lib.samplers.ddim_step`); Heun adds a second
 evaluation at the next grid point; DPM-Solver++(2M) reuses the previous step's x0 instead.
 
 Every network call is at one of the schedule's integer timesteps, the same step for the whole
-batch. `solver_timesteps` picks them; the last step goes to t = -1, where alpha_bar = 1.
+batch. `solver_timesteps` picks them; the last step goes to t = -1, where alpha_bar = 1. The noise
+levels come from `lesson_lib.conventions.at_step` (`alpha`, `edm_sigma`).
 `network_calls(sampler, steps)` says how many calls a run makes (Heun: 2 * steps - 1).
 """
 
@@ -29,13 +30,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import check_choice, check_int, check_tensor
+from .conventions import at_step
 from .param import eps_from_x0, x0_from_eps
 from .samplers import Trajectory, ddim_sample, ddim_step, ddim_timesteps
 from .schedules import NoiseSchedule
 
 __all__ = [
     "SOLVER_SPACINGS",
-    "edm_sigmas",
     "solver_timesteps",
     "euler_sample",
     "heun_sample",
@@ -48,15 +49,10 @@ SOLVER_SPACINGS = ("linspace", "karras", "logsnr")
 RHO = 7.0  # Karras et al. 2022, Eq. 5: rho = 7 puts most steps at low noise
 
 
-def edm_sigmas(schedule: NoiseSchedule) -> torch.Tensor:
-    """EDM's sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) for t = 0 ... T-1: (T,) float64."""
-    return ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt()
-
-
 def _nearest_timesteps(schedule: NoiseSchedule, log_sigma: torch.Tensor) -> torch.Tensor:
     """The integer timesteps nearest in log sigma to `log_sigma` (N,) (largest first), made
     strictly decreasing: where rounding merges points near t = 0 the earlier ones move up by one."""
-    table = edm_sigmas(schedule).log()  # increasing in t
+    table = at_step(schedule, torch.arange(schedule.T)).edm_sigma.log()  # increasing in t
     ts = (log_sigma[:, None] - table).abs().argmin(1)  # (N,)
     k = torch.arange(len(ts))
     v = (ts + k).flip(0).cummax(0).values.flip(0)  # ts + k non-increasing <=> ts strictly falling
@@ -81,7 +77,7 @@ def solver_timesteps(
     if spacing == "linspace":
         return ddim_timesteps(T, steps + 1, "linspace")[:-1]
     i = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1)
-    s_max, s_min = edm_sigmas(schedule)[[T - 1, 0]]
+    s_max, s_min = at_step(schedule, torch.tensor([T - 1, 0])).edm_sigma
     if spacing == "karras":
         root = s_max ** (1 / RHO) + i * (s_min ** (1 / RHO) - s_max ** (1 / RHO))  # Eq. 5
         return _nearest_timesteps(schedule, RHO * root.log())
@@ -103,8 +99,8 @@ class _Run:
         self.ts = solver_timesteps(schedule, steps, spacing).tolist()
         pairs = list(zip(self.ts, self.ts[1:] + [-1], strict=True))
         self.pairs = tqdm(pairs, disable=not progress, desc="sampling")
-        ab = torch.cat([schedule.alpha_bar.new_ones(1), schedule.alpha_bar])  # index t + 1
-        self._alpha, self._sigma = ab.sqrt().tolist(), ((1 - ab) / ab).sqrt().tolist()
+        step = at_step(schedule, torch.arange(-1, schedule.T))  # index t + 1; t = -1: done
+        self._alpha, self._sigma = step.alpha.tolist(), step.edm_sigma.tolist()
 
     def eps_x0(self, x: torch.Tensor, t: int, record: bool = True):
         """The model's eps at (x, t) and the x0 it predicts (x0 clamped to [-1, 1] if asked)."""
@@ -128,7 +124,7 @@ class _Run:
         """sqrt(alpha_bar_t), 1 at t = -1."""
         return self._alpha[t + 1]
 
-    def sigma(self, t: int) -> float:
+    def edm_sigma(self, t: int) -> float:
         """EDM's sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), 0 at t = -1."""
         return self._sigma[t + 1]
 
@@ -195,7 +191,7 @@ def heun_sample(
         x_next = ddim_step(schedule, x, t, t_next, eps)  # Euler step (Alg. 1, line 5)
         if t_next >= 0:
             eps_next, _ = run.eps_x0(x_next, t_next, record=False)  # d'_i (Alg. 1, line 7)
-            h = run.sigma(t_next) - run.sigma(t)
+            h = run.edm_sigma(t_next) - run.edm_sigma(t)
             x_next = x_next + run.alpha(t_next) * h / 2 * (eps_next - eps)  # Alg. 1, line 8
         x = x_next
     return run.result(x)
@@ -229,7 +225,7 @@ def dpmpp_2m_sample(
         eps, x0 = run.eps_x0(x, t)
         x_next = ddim_step(schedule, x, t, t_next, eps)  # DPM-Solver++(1) = DDIM (Lu et al. Eq. 9)
         if t_next >= 0:
-            h = math.log(run.sigma(t) / run.sigma(t_next))  # h_i = lambda_i - lambda_{i-1}
+            h = math.log(run.edm_sigma(t) / run.edm_sigma(t_next))  # h_i = lambda_i - lambda_{i-1}
             if x0_prev is not None:  # Alg. 2: D_i = x0_i + (x0_i - x0_{i-1}) / (2 r_i)
                 d = (x0 - x0_prev) * (h / (2 * h_prev))  # r_i = h_{i-1} / h_i
                 x_next = x_next + run.alpha(t_next) * (1 - math.exp(-h)) * d  # Eq. 9, D_i for x0

@@ -13,7 +13,6 @@ from lesson_lib.schedules import NoiseSchedule
 from lesson_lib.solvers import (
     SOLVER_SPACINGS,
     dpmpp_2m_sample,
-    edm_sigmas,
     euler_sample,
     heun_sample,
     network_calls,
@@ -23,6 +22,11 @@ from lesson_lib.solvers import (
 
 S = NoiseSchedule.linear()
 SOLVERS = [euler_sample, heun_sample, dpmpp_2m_sample]
+
+
+def edm_sigmas(schedule):
+    """EDM's sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) (Karras et al. 2022, Table 1, VP)."""
+    return ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt()
 
 
 def _gaussian_eps(schedule, mu, std):
