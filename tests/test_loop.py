@@ -199,6 +199,16 @@ def test_bad_data_is_refused():
         train(Tiny(), _loss, [torch.zeros(4, 1, 8, 8), torch.zeros(5, dtype=torch.long)], _config())
 
 
+def test_the_training_command_says_it_resumed(tmp_path, capsys):
+    from lesson_lib.train import main
+
+    args = ["--config", "mnist_tiny", "--out", str(tmp_path), "--device", "cpu", "--no-progress"]
+    main([*args, "--steps", "1"])
+    assert "resumed" not in capsys.readouterr().err
+    main([*args, "--steps", "2"])
+    assert f"resumed from {tmp_path / CHECKPOINT} at step 1 of 2" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_ranks_trains_and_resumes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
