@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from lesson_lib.checks import check_int, check_tensor
+from lesson_lib.checks import check_int, check_mask, check_tensor
 
 
 class SelfAttention(nn.Module):
@@ -119,12 +119,7 @@ class CrossAttention(nn.Module):
                 f"context has batch size {context.shape[0]} but x has batch size {x.shape[0]}"
             )
         if mask is not None:
-            check_tensor("mask", mask)
-            if mask.dtype != torch.bool or tuple(mask.shape) != tuple(context.shape[:2]):
-                raise ValueError(
-                    f"mask must be a bool tensor of shape (B, L)={tuple(context.shape[:2])} "
-                    f"(True = real token), got dtype {mask.dtype} and shape {tuple(mask.shape)}"
-                )
+            check_mask("mask", mask, context.shape[:2])
 
 
 class SpatialCrossAttention(nn.Module):

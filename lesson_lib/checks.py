@@ -62,13 +62,67 @@ def check_shape(name: str, value: torch.Tensor, shape) -> None:
         raise ValueError(f"{name} has shape {tuple(value.shape)}; expected {tuple(shape)}")
 
 
+def is_integer(t: torch.Tensor) -> bool:
+    """True for integer dtypes (uint8 ... int64); False for float, complex and bool."""
+    return not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
+
+
+def check_integer(name: str, value, what: str = "") -> torch.Tensor:
+    """Raise a TypeError unless ``value`` is a tensor of an integer dtype; return it."""
+    check_tensor(name, value)
+    if not is_integer(value):
+        raise TypeError(
+            f"{name} must be an integer tensor (torch.long){' ' + what if what else ''}, "
+            f"got dtype {value.dtype}"
+        )
+    return value
+
+
+def check_labels(name: str, y, high: int, batch: int | None = None, note: str = "") -> torch.Tensor:
+    """Check integer labels ``y`` of shape ``(B,)`` with ``0 <= y <= high``; return them.
+
+    ``note`` says what the values mean, e.g. "(10 = NULL_LABEL, no label)".
+    """
+    check_integer(name, y, "of labels")
+    if y.ndim != 1 or (batch is not None and y.shape[0] != batch):
+        want = "(B,)" if batch is None else f"(B,)=({batch},)"
+        raise ValueError(f"{name} must have shape {want}, got shape {tuple(y.shape)}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) > high):
+        raise ValueError(
+            f"{name} has values in [{int(y.min())}, {int(y.max())}]: allowed 0 <= {name} <= "
+            f"{high}{' ' + note if note else ''}"
+        )
+    return y
+
+
+def check_mask(name: str, mask, shape) -> torch.Tensor:
+    """Raise unless ``mask`` is a bool tensor of ``shape`` (True = keep, a real token)."""
+    check_tensor(name, mask)
+    if mask.dtype != torch.bool or tuple(mask.shape) != tuple(shape):
+        raise ValueError(
+            f"{name} must be a bool tensor of shape (B, L)={tuple(shape)} (True = real token), "
+            f"got dtype {mask.dtype} and shape {tuple(mask.shape)}"
+        )
+    return mask
+
+
+def check_images(name: str, images, shape=(1, 28, 28)) -> torch.Tensor:
+    """Raise unless ``images`` is a floating tensor of shape ``(B, *shape)``; return it."""
+    check_tensor(name, images)
+    if images.ndim != 1 + len(shape) or tuple(images.shape[1:]) != tuple(shape):
+        raise ValueError(
+            f"{name} must have shape (B, {', '.join(map(str, shape))})"
+            f"{' (MNIST images in [-1, 1])' if tuple(shape) == (1, 28, 28) else ''}, "
+            f"got shape {tuple(images.shape)}"
+        )
+    if not images.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating tensor in [-1, 1], got dtype {images.dtype}")
+    return images
+
+
 def check_timesteps(name: str, t, T: int, batch: int | None = None) -> torch.Tensor:
     """Check integer timesteps ``t`` of shape ``(B,)`` with ``0 <= t < T``; return them."""
-    check_tensor(name, t)
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        raise TypeError(
-            f"{name} must be an integer tensor (torch.long) of timestep indices, got dtype {t.dtype}"
-        )
+    check_integer(name, t, "of timestep indices")
     if t.ndim != 1:
         raise ValueError(f"{name} must have shape (B,), got shape {tuple(t.shape)}")
     if batch is not None and t.shape[0] != batch:
@@ -97,3 +151,15 @@ def check_flow_times(name: str, s, batch: int | None = None) -> torch.Tensor:
             f"{name} has values in [{float(s.min())}, {float(s.max())}]: allowed 0 <= {name} <= 1"
         )
     return s
+
+
+def check_number(name: str, value, **bounds) -> float:
+    """``value`` (a number or a one-element tensor such as ``schedule.alpha_bar[t]``) as a float,
+    checked with ``check_real(name, value, **bounds)``."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"{name} must be one number, got a tensor of shape {tuple(value.shape)}"
+            )
+        value = value.item()
+    return check_real(name, value, **bounds)

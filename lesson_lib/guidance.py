@@ -6,26 +6,12 @@ from collections.abc import Callable
 
 import torch
 
-from .checks import check_real, check_tensor
+from .checks import check_labels, check_real, check_tensor
 
-__all__ = ["NULL_LABEL", "cfg", "drop_labels", "guide"]
+__all__ = ["NULL_LABEL", "cfg", "cfg_eps", "drop_labels"]
 
 NULL_LABEL = 10  # the class index meaning "no label"; MNIST digits are 0-9
-
-
-def _check_labels(name: str, y: torch.Tensor, batch: int | None = None) -> torch.Tensor:
-    check_tensor(name, y)
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {y.dtype}")
-    if y.ndim != 1 or (batch is not None and y.shape[0] != batch):
-        want = "(B,)" if batch is None else f"({batch},)"
-        raise ValueError(f"{name} must have shape {want}, got shape {tuple(y.shape)}")
-    if y.numel() and (int(y.min()) < 0 or int(y.max()) > NULL_LABEL):
-        raise ValueError(
-            f"{name} has values in [{int(y.min())}, {int(y.max())}]: allowed 0 <= {name} <= "
-            f"{NULL_LABEL} ({NULL_LABEL} = NULL_LABEL, no label)"
-        )
-    return y
+NULL_NOTE = f"({NULL_LABEL} = NULL_LABEL, no label)"
 
 
 def drop_labels(
@@ -36,40 +22,22 @@ def drop_labels(
     The lesson wrote `conditions[mask] = None`, which a tensor cannot hold; a "null" class index
     does the same job, and the model learns an embedding for it. The generator lives on y's device.
     """
-    _check_labels("y", y)
+    check_labels("y", y, NULL_LABEL, note=NULL_NOTE)
     p_uncond = check_real("p_uncond", p_uncond, 0.0, 1.0)
     drop = torch.rand(y.shape, generator=generator, device=y.device) < p_uncond
     return torch.where(drop, torch.full_like(y, NULL_LABEL), y)
 
 
-def guide(
-    model: Callable,
-    w: float,
-    name: str,
-    null_like: Callable[[torch.Tensor], torch.Tensor],
-    check: Callable[[torch.Tensor, int], object] | None = None,
-) -> Callable:
-    """Classifier-free guidance for any condition passed to the model as keyword ``name``.
+def cfg_eps(
+    model: Callable, x_t: torch.Tensor, t: torch.Tensor, w: float, cond: dict, uncond: dict
+) -> torch.Tensor:
+    """eps_uncond + w * (eps_cond - eps_uncond) from one model call of batch 2B.
 
-    Returns ``guided(x_t, t, c)``: eps = eps_uncond + w * (eps_cond - eps_uncond), where the
-    unconditional branch gets ``null_like(c)``. Both halves go through one model call of batch
-    2B. With ``c=None`` it is the unconditional model. ``check(c, B)`` validates ``c``.
+    ``cond`` and ``uncond`` hold the same keywords (e.g. ``y``), each a (B, ...) tensor.
     """
-    w = check_real("w", w)
-    if not callable(model):
-        raise TypeError(f"model must be callable as model(x_t, t, {name}=...), got {model!r}")
-
-    def guided(x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        check_tensor("x_t", x_t)
-        if c is None:
-            return model(x_t, t, **{name: None})
-        if check is not None:
-            check(c, x_t.shape[0])
-        both = {name: torch.cat([c, null_like(c)])}  # (2B, ...)
-        eps_cond, eps_uncond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
-        return eps_uncond + w * (eps_cond - eps_uncond)  # Ho & Salimans 2022, Eq. 6 (w' = w - 1)
-
-    return guided
+    both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}  # (2B, ...)
+    eps_cond, eps_uncond = model(torch.cat([x_t, x_t]), torch.cat([t, t]), **both).chunk(2)
+    return eps_uncond + w * (eps_cond - eps_uncond)  # Ho & Salimans 2022, Eq. 6 (w' = w - 1)
 
 
 def cfg(model: Callable, w: float) -> Callable:
@@ -79,17 +47,18 @@ def cfg(model: Callable, w: float) -> Callable:
     conditional sampling, w = 0 unconditional. Ho & Salimans 2022 write (1 + w') eps_cond - w'
     eps_uncond, so their w' is our w - 1. Both halves go through one model call of batch 2B:
     `model(cat[x_t, x_t], cat[t, t], y=cat[y, NULL_LABEL...])`, so the model must read label
-    NULL_LABEL as "no label". With y=None, guided is the unconditional model.
+    NULL_LABEL as "no label". With y=None, guided is the unconditional model. The same wrapper
+    guides a flow model's velocity (t is then a float time).
     """
-    guided = guide(
-        model,
-        w,
-        "y",
-        lambda y: torch.full_like(y, NULL_LABEL),
-        lambda y, batch: _check_labels("y", y, batch=batch),
-    )
+    w = check_real("w", w)
+    if not callable(model):
+        raise TypeError(f"model must be callable as model(x_t, t, y=...), got {model!r}")
 
-    def labelled(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return guided(x_t, t, y)
+    def guided(x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        check_tensor("x_t", x_t)
+        if y is None:
+            return model(x_t, t, y=None)
+        check_labels("y", y, NULL_LABEL, batch=x_t.shape[0], note=NULL_NOTE)
+        return cfg_eps(model, x_t, t, w, {"y": y}, {"y": torch.full_like(y, NULL_LABEL)})
 
-    return labelled
+    return guided

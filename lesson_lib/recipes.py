@@ -12,33 +12,37 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
+from .autoencoder import AutoEncoder, AutoEncoderConfig, autoencoder_loss
+from .classifier import Classifier, classifier_loss
 from .data import load_mnist
 from .flow import euler_sample, flow_loss
 from .guidance import cfg
-from .latent import (
-    AUTOENCODER_TRAIN,
-    LATENT_SCHEDULE,
-    LATENT_TRAIN,
-    LATENT_UNET,
-    AutoEncoder,
-    AutoEncoderConfig,
-    LatentDiffusion,
-    autoencoder_loss,
-    encoded_mnist,
-    latent_diffusion_loss,
-)
+from .latent import LatentDiffusion, latent_diffusion_loss
 from .loop import TrainConfig
 from .losses import diffusion_loss
-from .metrics import CLASSIFIER_TRAIN, Classifier, classifier_loss
+from .manifest import load_state
 from .samplers import ddim_sample
 from .schedules import NoiseSchedule
 from .text import TextEncoderConfig
 from .unet import UNet, UNetConfig
 
+__all__ = ["Recipe", "RECIPES", "get_recipe", "bundled_train", "encoded_mnist", "MNIST_UNET"]
+
 
 def bundled_train() -> list[torch.Tensor]:
     """The bundled subset's 4,500 training digits and labels, so every run sees the same data."""
     return list(load_mnist("train", source="bundled"))
+
+
+@torch.no_grad()
+def encoded_mnist(batch_size: int = 500) -> list[torch.Tensor]:
+    """The bundled 4,500 training digits encoded once by the shipped ``"mnist_autoencoder"``:
+    [scaled latents (4500, c, 7, 7), labels (4500,)], the data of the recipe ``"mnist_latent"``."""
+    autoencoder = AutoEncoder(AUTOENCODER)
+    autoencoder.load_state_dict(load_state("mnist_autoencoder"))
+    images, labels = bundled_train()
+    latents = torch.cat([autoencoder.eval().encode(chunk) for chunk in images.split(batch_size)])
+    return [latents, labels]
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ def _unet_recipe(
         train=train,
         loss=loss,
         schedule=schedule,
-        model_config=vars(config).copy(),
+        model_config=asdict(config),
         sample_grid=sample_grid,
     )
 
@@ -101,7 +105,7 @@ def _flow_recipe(
         make_model=lambda: UNet(config),
         train=train,
         loss=loss,
-        model_config=vars(config).copy(),
+        model_config=asdict(config),
         sample_grid=sample_grid,
     )
 
@@ -111,6 +115,48 @@ def _flow_recipe(
 # 15,000 steps the model underfits rather than copies (docs/benchmarks.md, novelty), and drawing
 # dropout's masks took a tenth of a CPU training step (torch.profiler).
 MNIST_UNET = UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, dropout=0.0)
+
+# The classifier behind the quality measures, with the default ``Classifier()`` (0.43 M
+# parameters), on the bundled 4,500 training digits (34 passes over them). Measured on the 500
+# held-out digits: 99.2% to 99.6% over three runs; about 65 s of CPU time (one core).
+CLASSIFIER_TRAIN = TrainConfig(
+    steps=1200,
+    batch_size=128,
+    lr=3e-3,
+    weight_decay=1e-4,
+    warmup=100,
+    ema_decay=0.995,
+    checkpoint_every=400,
+    log_every=50,
+)
+
+AUTOENCODER = AutoEncoderConfig()
+AUTOENCODER_TRAIN = TrainConfig(
+    steps=3000, batch_size=64, lr=2e-3, warmup=100, ema_decay=0.999, log_every=50
+)
+
+LATENT_SCHEDULE = NoiseSchedule.linear(1000)  # the pixel model's schedule, T = 1000
+# 7x7 -> 4x4, self- and cross-attention at both levels, so the prompt is read at 7x7 too.
+# 2.0M parameters but a fifth of the pixel U-Net's (MNIST_UNET) FLOPs per call.
+LATENT_UNET = UNetConfig(
+    in_channels=4,
+    base_channels=48,
+    channel_mults=(1, 2),
+    num_res_blocks=1,
+    attn_levels=(0, 1),
+    heads=4,
+    num_classes=None,
+    context_dim=64,
+)
+LATENT_TEXT = TextEncoderConfig(width=64)
+LATENT_TRAIN = TrainConfig(
+    steps=3000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999, log_every=50
+)
+
+
+def _latent_loss(model, batch, generator):
+    return latent_diffusion_loss(model, LATENT_SCHEDULE, batch, generator)
+
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -148,23 +194,23 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             name="mnist_autoencoder",
             about="light-KL VAE: 28x28 digits <-> 4x7x7 latents, for latent diffusion",
-            make_model=AutoEncoder,
+            make_model=lambda: AutoEncoder(AUTOENCODER),
             train=AUTOENCODER_TRAIN,
             loss=autoencoder_loss,
-            model_config=asdict(AutoEncoderConfig()),
+            model_config=asdict(AUTOENCODER),
         ),
         Recipe(
             name="mnist_latent",
             about="prompt-conditioned latent diffusion (text encoder + U-Net with "
             "cross-attention, prompt dropout 0.1) on mnist_autoencoder latents, linear T=1000",
-            make_model=LatentDiffusion,
+            make_model=lambda: LatentDiffusion(LATENT_UNET, LATENT_TEXT),
             train=LATENT_TRAIN,
-            loss=latent_diffusion_loss,
+            loss=_latent_loss,
             load_data=encoded_mnist,
             data="bundled MNIST subset, train split (4,500 digits), encoded once by the shipped "
             "mnist_autoencoder",
             schedule=LATENT_SCHEDULE,
-            model_config={"unet": vars(LATENT_UNET).copy(), "text": asdict(TextEncoderConfig())},
+            model_config={"unet": asdict(LATENT_UNET), "text": asdict(LATENT_TEXT)},
         ),
     ]
 }

@@ -17,11 +17,20 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import check_choice, check_int, check_real, check_shape, check_tensor
-from .forward import noise_like
+from .forward import noise_like, q_posterior
 from .param import eps_from_x0, x0_from_eps
 from .schedules import NoiseSchedule, as_timesteps, broadcast_like
 
-__all__ = ["ddpm_step", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddim_sample", "Trajectory"]
+__all__ = [
+    "ddpm_step",
+    "ddim_step",
+    "ddim_timesteps",
+    "ddpm_sample",
+    "ddim_sample",
+    "predict",
+    "Recorder",
+    "Trajectory",
+]
 
 SPACINGS = ("leading", "trailing", "linspace")
 
@@ -35,6 +44,14 @@ class Trajectory(NamedTuple):
     x0_pred: torch.Tensor  # each step's predicted x0, (N, B, ...)
 
 
+def _ddpm_update(schedule, x_t, t, x0, noise, generator) -> torch.Tensor:
+    """x_{t-1} ~ q(x_{t-1} | x_t, x0) at the predicted x0 (Ho et al. 2020, Eqs. 6-7 and 11)."""
+    mean, variance = q_posterior(schedule, x0, x_t, t)  # variance beta_tilde, 0 at t = 0
+    if noise is None and not bool((variance > 0).any()):
+        return mean  # nothing to add: don't draw from the generator
+    return mean + variance.sqrt() * noise_like(x_t, noise, generator)
+
+
 def ddpm_step(
     schedule: NoiseSchedule,
     x_t: torch.Tensor,
@@ -45,19 +62,26 @@ def ddpm_step(
 ) -> torch.Tensor:
     """One ancestral step x_t -> x_{t-1} (Ho et al. 2020, Algorithm 2), variance beta_tilde.
 
-    x_t, eps: (B, ...); t: int or LongTensor (B,). No noise is added where t = 0.
+    x_t, eps: (B, ...); t: int or LongTensor (B,). No noise is added where t = 0. The mean of
+    Eq. 11 is the posterior mean of Eq. 7 at the predicted x0, which is how it is computed here.
     """
     check_tensor("x_t", x_t)
     check_shape("eps", eps, x_t.shape)
     t = as_timesteps("t", t, schedule.T, x_t.shape[0])
-    ab, betas = schedule.alpha_bar, schedule.betas
-    mean = schedule.at(1 / schedule.alphas.sqrt(), t, x_t) * (
-        x_t - schedule.at(betas / (1 - ab).sqrt(), t, x_t) * eps
-    )  # Ho et al. 2020, Eq. 11
-    beta_tilde = (1 - schedule.alpha_bar_prev) / (1 - ab) * betas  # Eq. 7; 0 at t = 0
-    if noise is None and not bool((t > 0).any()):
-        return mean  # nothing to add: don't draw from the generator
-    return mean + schedule.at(beta_tilde.sqrt(), t, x_t) * noise_like(x_t, noise, generator)
+    return _ddpm_update(schedule, x_t, t, x0_from_eps(schedule, x_t, t, eps), noise, generator)
+
+
+def _ddim_update(schedule, x_t, t, t_prev, x0, eps, eta, noise, generator) -> torch.Tensor:
+    """x_{t_prev} from the predicted x0 and eps (Song et al. 2021, Eq. 12); t, t_prev (B,)."""
+    # float64 (B,) coefficients; alpha_bar at t_prev = -1 is 1 (index 0 of the padded table).
+    ab_t = schedule.alpha_bar[t]
+    ab_prev = torch.cat([schedule.alpha_bar.new_ones(1), schedule.alpha_bar])[t_prev + 1]
+    sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()  # Eq. 16
+    dir_xt = (1 - ab_prev - sigma**2).clamp(min=0).sqrt()  # "direction pointing to x_t", Eq. 12
+    x_prev = broadcast_like(ab_prev.sqrt(), x_t) * x0 + broadcast_like(dir_xt, x_t) * eps
+    if eta == 0 and noise is None:
+        return x_prev
+    return x_prev + broadcast_like(sigma, x_t) * noise_like(x_t, noise, generator)  # Eq. 12
 
 
 def ddim_step(
@@ -83,16 +107,8 @@ def ddim_step(
     t_prev = as_timesteps("t_prev", t_prev, schedule.T, B, low=-1)
     if bool((t_prev >= t).any()):
         raise ValueError(f"t_prev={t_prev.tolist()} must be smaller than t={t.tolist()}")
-    # float64 (B,) coefficients; alpha_bar at t_prev = -1 is 1 (index 0 of the padded table).
-    ab_t = schedule.alpha_bar[t]
-    ab_prev = torch.cat([schedule.alpha_bar.new_ones(1), schedule.alpha_bar])[t_prev + 1]
-    sigma = eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()  # Eq. 16
     x0 = x0_from_eps(schedule, x_t, t, eps)  # "predicted x0", Eq. 12
-    dir_xt = (1 - ab_prev - sigma**2).clamp(min=0).sqrt()  # "direction pointing to x_t", Eq. 12
-    x_prev = broadcast_like(ab_prev.sqrt(), x_t) * x0 + broadcast_like(dir_xt, x_t) * eps
-    if eta == 0 and noise is None:
-        return x_prev
-    return x_prev + broadcast_like(sigma, x_t) * noise_like(x_t, noise, generator)  # Eq. 12
+    return _ddim_update(schedule, x_t, t, t_prev, x0, eps, eta, noise, generator)
 
 
 def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> torch.Tensor:
@@ -101,7 +117,8 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> torch.Tensor
     Matches diffusers' `DDIMScheduler.set_timesteps` (steps_offset=0) for each `timestep_spacing`:
     - "leading": the lesson's `range(0, T, T // steps)` reversed, cut to `steps` entries; never
       visits T-1 (for T=1000, steps=50 it starts at 980);
-    - "trailing": starts at T-1, spaced T/steps apart (diffusers can add a stray -1 entry for
+    - "trailing": starts at T-1, spaced T/steps apart (Lin et al. 2024, "Common Diffusion Noise
+      Schedules and Sample Steps Are Flawed", Table 2; diffusers can add a stray -1 entry for
       some `steps`, e.g. T=1000, steps=61; this gives exactly `steps`);
     - "linspace": `steps` points from T-1 down to 0, rounded.
     """
@@ -121,34 +138,48 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> torch.Tensor
     return ts.flip(0) if spacing != "trailing" else ts
 
 
-def _call_model(model: Callable, x: torch.Tensor, t: int, cond: dict) -> torch.Tensor:
+def predict(
+    model: Callable, schedule: NoiseSchedule, x: torch.Tensor, t: int, cond: dict, clip_x0: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One network call at timestep ``t`` for the whole batch: (eps, predicted x0), each (B, ...).
+
+    With ``clip_x0`` the predicted x0 is clamped to [-1, 1] and eps recomputed to match.
+    """
     eps = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long), **cond)
     if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
         got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
         raise ValueError(f"model output must be eps shaped like x_t {tuple(x.shape)}, got {got}")
-    return eps
+    x0 = x0_from_eps(schedule, x, t, eps)  # Ho et al. 2020, Eq. 15
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = eps_from_x0(schedule, x, t, x0)
+    return eps, x0
 
 
-def _sample(model, schedule, x_T, pairs, step, clip_x0, progress, return_trajectory, cond):
-    """The loop both samplers share: call the model, (optionally clip x0), step."""
+class Recorder:
+    """Collects each step's input and predicted x0 when ``keep``; ``result(x)`` is then a
+    `Trajectory`, otherwise just x."""
+
+    def __init__(self, keep: bool):
+        self.keep, self.times, self.xs, self.x0s = keep, [], [], []
+
+    def __call__(self, t, x: torch.Tensor, x0: torch.Tensor) -> None:
+        if self.keep:
+            self.times.append(t)
+            self.xs.append(x.cpu())
+            self.x0s.append(x0.cpu())
+
+    def result(self, x: torch.Tensor) -> torch.Tensor | Trajectory:
+        if not self.keep:
+            return x
+        return Trajectory(x, torch.tensor(self.times), torch.stack(self.xs), torch.stack(self.x0s))
+
+
+def _check_start(x_T) -> torch.Tensor:
     check_tensor("x_T", x_T)
     if x_T.ndim == 0:
         raise ValueError("x_T must have a batch dimension (B, ...), got a 0-d tensor")
-    x, xs, x0s = x_T, [], []
-    for t, t_prev in tqdm(pairs, disable=not progress, desc="sampling"):
-        eps = _call_model(model, x, t, cond)
-        x0 = x0_from_eps(schedule, x, t, eps)
-        if clip_x0:
-            x0 = x0.clamp(-1, 1)
-            eps = eps_from_x0(schedule, x, t, x0)
-        if return_trajectory:
-            xs.append(x.cpu())
-            x0s.append(x0.cpu())
-        x = step(x, t, t_prev, eps)
-    if not return_trajectory:
-        return x
-    timesteps = torch.tensor([t for t, _ in pairs], dtype=torch.long)
-    return Trajectory(x, timesteps, torch.stack(xs), torch.stack(x0s))
+    return x_T
 
 
 @torch.no_grad()
@@ -168,12 +199,14 @@ def ddpm_sample(
     `cond` goes to the model (e.g. `y=labels`); `clip_x0` clamps each predicted x0 to [-1, 1].
     Returns x_0 (B, ...), or a `Trajectory` when `return_trajectory`.
     """
-    pairs = [(t, t - 1) for t in range(schedule.T - 1, -1, -1)]
-
-    def step(x, t, t_prev, eps):
-        return ddpm_step(schedule, x, t, eps, generator=generator)
-
-    return _sample(model, schedule, x_T, pairs, step, clip_x0, progress, return_trajectory, cond)
+    x, record = _check_start(x_T), Recorder(return_trajectory)
+    for t in tqdm(range(schedule.T - 1, -1, -1), disable=not progress, desc="sampling"):
+        _, x0 = predict(model, schedule, x, t, cond, clip_x0)
+        record(t, x, x0)
+        x = _ddpm_update(
+            schedule, x, as_timesteps("t", t, schedule.T, x.shape[0]), x0, None, generator
+        )
+    return record.result(x)
 
 
 @torch.no_grad()
@@ -199,9 +232,13 @@ def ddim_sample(
     """
     eta = check_real("eta", eta, low=0.0)
     ts = ddim_timesteps(schedule.T, steps, spacing).tolist()
-    pairs = list(zip(ts, ts[1:] + [-1], strict=True))
-
-    def step(x, t, t_prev, eps):
-        return ddim_step(schedule, x, t, t_prev, eps, eta, generator=generator)
-
-    return _sample(model, schedule, x_T, pairs, step, clip_x0, progress, return_trajectory, cond)
+    x, record = _check_start(x_T), Recorder(return_trajectory)
+    B = x.shape[0]
+    for t, t_prev in tqdm(
+        list(zip(ts, ts[1:] + [-1], strict=True)), disable=not progress, desc="sampling"
+    ):
+        eps, x0 = predict(model, schedule, x, t, cond, clip_x0)
+        record(t, x, x0)
+        t_b, t_prev_b = torch.full((B,), t), torch.full((B,), t_prev)
+        x = _ddim_update(schedule, x, t_b, t_prev_b, x0, eps, eta, None, generator)
+    return record.result(x)

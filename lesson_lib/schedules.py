@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checks import check_int, check_real, check_tensor, check_timesteps
+from .checks import check_int, check_real, check_tensor, check_timesteps, is_integer
 
 __all__ = ["NoiseSchedule", "linear_betas", "cosine_betas", "broadcast_like", "as_timesteps"]
 
@@ -70,8 +70,7 @@ def as_timesteps(name: str, t, T: int, batch: int, low: int = 0) -> torch.Tensor
     if low == 0:
         return check_timesteps(name, t, T, batch).cpu()
     # check_timesteps checks dtype, shape, batch and the upper bound; the lower bound is ours.
-    is_int = not (t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool)
-    check_timesteps(name, t.clamp(min=0) if is_int else t, T, batch)
+    check_timesteps(name, t.clamp(min=0) if is_integer(t) else t, T, batch)
     if t.numel() and int(t.min()) < low:
         raise ValueError(
             f"{name} has values in [{int(t.min())}, {int(t.max())}]: "

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .checks import check_int, check_real, check_tensor
+from .checks import check_int, check_labels, check_real, check_tensor
 
 __all__ = [
     "PAD",
@@ -155,16 +155,7 @@ def random_prompts(
 
     The draws come from ``generator`` on its own device (the CPU if None).
     """
-    check_tensor("labels", labels)
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim != 1:
-        raise TypeError(
-            f"labels must be a (B,) integer tensor of digits, got dtype {labels.dtype} "
-            f"and shape {tuple(labels.shape)}"
-        )
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > 9):
-        raise ValueError(
-            f"labels has values in [{int(labels.min())}, {int(labels.max())}]: allowed 0 ... 9"
-        )
+    check_labels("labels", labels, 9, note="(digits)")
     p_empty = check_real("p_empty", p_empty, 0.0, 1.0)
     if isinstance(templates, str) or not templates:
         raise ValueError(f"templates must be a non-empty list of str, got {templates!r}")

@@ -10,11 +10,9 @@ holds ``model.pt`` (the EMA weights), ``info.json`` and, for diffusion models, `
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
-import shutil
 import signal
 import sys
 import time
@@ -27,35 +25,9 @@ import torch.distributed as dist
 from .atomic import save_atomic, save_json_atomic
 from .device import pick_device
 from .loop import train
-from .pretrained import MANIFEST, WEIGHTS, manifest, sha256
-from .recipes import RECIPES, Recipe, get_recipe
-from .viz import to_uint8
-
-HISTORY_SNAPSHOTS = 24  # sample grids kept over a run, for notebook 04's slider
-
-
-class History:
-    """Every ``every`` steps, sample one of each digit from the same noise (the recipe's
-    ``sample_grid``: DDIM 25 steps or Euler 25 steps, guidance w = 3)."""
-
-    def __init__(self, recipe: Recipe, path: Path, every: int, device):
-        self.recipe, self.path, self.every = recipe, path, every
-        gen = torch.Generator().manual_seed(1234)
-        self.noise = torch.randn(10, 1, 28, 28, generator=gen).to(device)
-        self.labels = torch.arange(10, device=device)
-        saved = torch.load(path, weights_only=True) if path.exists() else None
-        self.steps = saved["steps"].tolist() if saved else []
-        self.images = list(saved["images"]) if saved else []
-
-    def __call__(self, step: int, loss: float, ema) -> None:
-        if step % self.every or step in self.steps:
-            return
-        x = self.recipe.sample_grid(ema, self.noise, self.labels)
-        self.steps.append(step)
-        self.images.append(torch.from_numpy(to_uint8(x)))
-        save_atomic(
-            {"steps": torch.tensor(self.steps), "images": torch.stack(self.images)}, self.path
-        )
+from .manifest import RUN_INFO, ModelEntry, ship
+from .recipes import RECIPES, get_recipe
+from .snapshots import History, every_for
 
 
 def _hardware(device: torch.device, world: int) -> str:
@@ -66,21 +38,6 @@ def _hardware(device: torch.device, world: int) -> str:
             f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
         )
     return f"{world} x {what}, torch {torch.__version__}"
-
-
-def ship(out: Path) -> None:
-    """Copy a finished run's files into lesson_lib/weights and record them in the manifest,
-    under the name of the recipe that trained them."""
-    entry = json.loads((out / "info.json").read_text())
-    name = entry["recipe"]
-    entries = manifest()
-    for key, src in [("file", out / "model.pt"), ("history", out / "history.pt")]:
-        if src.exists():
-            dst = WEIGHTS / f"{name}{'' if key == 'file' else '_history'}.pt"
-            shutil.copyfile(src, dst)
-            entry[key], entry[f"{key}_sha256"] = dst.name, sha256(dst)
-    entries[name] = entry  # quality figures are added by scripts/benchmark_models.py
-    save_json_atomic(entries, MANIFEST)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,9 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     model = recipe.make_model()
     history = None
     if recipe.sample_grid is not None and rank == 0:
-        every = max(recipe.train.log_every, recipe.train.steps // HISTORY_SNAPSHOTS)
-        every -= every % recipe.train.log_every  # the callback runs on logging steps
-        history = History(recipe, args.out / "history.pt", every, device)
+        history = History(recipe, args.out / "history.pt", every_for(recipe), device)
     start = time.perf_counter()
     result = train(
         model,
@@ -131,22 +86,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     if rank == 0:
         save_atomic(result.model.state_dict(), args.out / "model.pt")
-        info = {
-            "recipe": recipe.name,
-            "about": recipe.about,
-            "model_config": recipe.model_config,
-            "schedule": None if recipe.schedule is None else f"linear, T={recipe.schedule.T}",
-            "data": recipe.data,
-            "command": f"python -m lesson_lib.train --config {recipe.name} "
+        info = ModelEntry(
+            recipe=recipe.name,
+            about=recipe.about,
+            model_config=recipe.model_config,
+            schedule=None if recipe.schedule is None else f"linear, T={recipe.schedule.T}",
+            data=recipe.data,
+            command=f"python -m lesson_lib.train --config {recipe.name} "
             f"--steps {recipe.train.steps} --out {shlex.quote(str(args.out))}",
-            "steps": result.step,
-            "train_config": asdict(recipe.train),
-            "hardware": _hardware(device, world),
-            "seconds_last_session": round(time.perf_counter() - start, 1),
-            "final_loss": result.losses[-1][1] if result.losses else None,
-            "parameters": sum(p.numel() for p in result.model.parameters()),
-        }
-        save_json_atomic(info, args.out / "info.json")
+            steps=result.step,
+            train_config=asdict(recipe.train),
+            hardware=_hardware(device, world),
+            seconds_last_session=round(time.perf_counter() - start, 1),
+            final_loss=result.losses[-1][1] if result.losses else None,
+            parameters=sum(p.numel() for p in result.model.parameters()),
+        )
+        save_json_atomic(info.to_json(), args.out / RUN_INFO)
         print(f"wrote {args.out / 'model.pt'} ({result.step} steps)", file=sys.stderr)
         if args.ship:
             ship(args.out)

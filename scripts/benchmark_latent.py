@@ -31,9 +31,10 @@ from benchmark_models import timed  # scripts/ is on sys.path when run as a scri
 from lesson_lib.atomic import save_json_atomic
 from lesson_lib.data import load_mnist
 from lesson_lib.guidance import cfg
-from lesson_lib.latent import prompt_cfg, sample
+from lesson_lib.latent import generate, prompt_cfg
+from lesson_lib.manifest import read_manifest
 from lesson_lib.metrics import accuracy, predict
-from lesson_lib.pretrained import load, manifest
+from lesson_lib.pretrained import load
 from lesson_lib.text import TEMPLATES, make_prompt, tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +55,7 @@ def prompt_fidelity(model, autoencoder, schedule, classifier, per_digit, device,
     for template in TEMPLATES:
         prompts = [make_prompt(template, d) for d in digits.tolist()]
         start = time.perf_counter()
-        x = sample(model, autoencoder, schedule, prompts, W, STEPS, z_T=z_T).clamp(-1, 1)
+        x = generate(model, autoencoder, schedule, prompts, W, STEPS, z_T=z_T).clamp(-1, 1)
         seconds = time.perf_counter() - start
         read = predict(classifier, x).cpu()
         hits = read == digits
@@ -131,7 +132,7 @@ def main() -> None:
         if device.type == "cuda"
         else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
-        "weights_sha256": {name: manifest()[name]["file_sha256"] for name in MODELS},
+        "weights_sha256": {name: read_manifest()[name].file_sha256 for name in MODELS},
     }
 
     print("3. reconstruction of the 500 held-out digits")

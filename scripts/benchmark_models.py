@@ -32,8 +32,10 @@ from lesson_lib.atomic import save_json_atomic
 from lesson_lib.data import load_mnist
 from lesson_lib.forward import q_sample
 from lesson_lib.guidance import cfg
-from lesson_lib.metrics import FrechetReference, accuracy, quality_report, report_table
-from lesson_lib.pretrained import MANIFEST, load, manifest
+from lesson_lib.manifest import record_quality
+from lesson_lib.metrics import accuracy
+from lesson_lib.pretrained import load
+from lesson_lib.quality import FrechetReference, quality_report, report_table
 from lesson_lib.samplers import ddim_sample, ddpm_sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,16 +225,19 @@ def main() -> None:
     save_json_atomic(results, args.out)
     print(f"\nwrote {args.out}")
     if args.write_manifest:
-        entries = manifest()
         course = results["course"]
-        entries["mnist"]["quality"] = {
-            k: course[k] for k in course if k.startswith(("ddim50", "ddpm1000"))
-        } | {"measured_on": results["device"], "by": "scripts/benchmark_models.py"}
-        entries["mnist_classifier"]["quality"] = {
-            "heldout_accuracy": results["classifier_heldout_accuracy"],
-            "heldout": "500 bundled held-out digits",
-        }
-        save_json_atomic(entries, MANIFEST)
+        record_quality(
+            "mnist",
+            {k: course[k] for k in course if k.startswith(("ddim50", "ddpm1000"))}
+            | {"measured_on": results["device"], "by": "scripts/benchmark_models.py"},
+        )
+        record_quality(
+            "mnist_classifier",
+            {
+                "heldout_accuracy": results["classifier_heldout_accuracy"],
+                "heldout": "500 bundled held-out digits",
+            },
+        )
 
 
 if __name__ == "__main__":

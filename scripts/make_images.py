@@ -31,10 +31,11 @@ from PIL import Image, ImageDraw  # noqa: E402
 from lesson_lib.data import load_mnist  # noqa: E402
 from lesson_lib.forward import q_sample  # noqa: E402
 from lesson_lib.guidance import cfg  # noqa: E402
-from lesson_lib.pretrained import load, manifest  # noqa: E402
+from lesson_lib.manifest import read_manifest  # noqa: E402
+from lesson_lib.mixture import GaussianMixture  # noqa: E402
+from lesson_lib.pretrained import load  # noqa: E402
 from lesson_lib.samplers import ddim_sample  # noqa: E402
 from lesson_lib.schedules import NoiseSchedule  # noqa: E402
-from lesson_lib.score import GaussianMixture  # noqa: E402
 from lesson_lib.viz import grid, show_grid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,10 +217,10 @@ def guidance_figure(out: Path, model, schedule, x_T, at_w: torch.Tensor) -> None
 
 
 def latent_figure(out: Path) -> None:
-    if "mnist_latent" not in manifest():
+    if "mnist_latent" not in read_manifest():
         print("  skipped latent_prompts.png: 'mnist_latent' is not in the shipped manifest")
         return
-    from lesson_lib.latent import sample
+    from lesson_lib.latent import generate
     from lesson_lib.text import make_prompt
 
     latent, autoencoder = load("mnist_latent"), load("mnist_autoencoder").model
@@ -230,7 +231,9 @@ def latent_figure(out: Path) -> None:
     rows = []
     for template in templates:
         prompts = [make_prompt(template, d) for d in range(10)]
-        rows.append(sample(latent.model, autoencoder, latent.schedule, prompts, W, STEPS, z_T=z_T))
+        rows.append(
+            generate(latent.model, autoencoder, latent.schedule, prompts, W, STEPS, z_T=z_T)
+        )
     fig, ax = plt.subplots(figsize=(6, 2.3))
     show_grid(
         torch.cat(rows),

@@ -4,19 +4,15 @@ import pytest
 import torch
 from torch import nn
 
+from lesson_lib.autoencoder import AutoEncoder, AutoEncoderConfig, autoencoder_loss, kl_divergence
 from lesson_lib.latent import (
-    LATENT_SCHEDULE,
-    AutoEncoder,
-    AutoEncoderConfig,
     LatentDiffusion,
     attention_maps,
-    autoencoder_loss,
-    kl_divergence,
+    generate,
     latent_diffusion_loss,
     prompt_cfg,
-    sample,
 )
-from lesson_lib.recipes import RECIPES
+from lesson_lib.recipes import LATENT_SCHEDULE, RECIPES
 from lesson_lib.samplers import ddim_sample
 from lesson_lib.schedules import NoiseSchedule
 from lesson_lib.text import MAX_TOKENS, TextEncoderConfig, tokenize
@@ -135,9 +131,9 @@ def test_ddim_sample_two_steps_and_sample_helper():
     assert z0.shape == z_T.shape and torch.isfinite(z0).all()
     ae = AutoEncoder().eval()
     gen = torch.Generator().manual_seed(0)
-    x = sample(model, ae, schedule, ["nine", "the number one"], w=3.0, steps=2, generator=gen)
+    x = generate(model, ae, schedule, ["nine", "the number one"], w=3.0, steps=2, generator=gen)
     assert x.shape == (2, 1, 28, 28)
-    again = sample(model, ae, schedule, ["nine", "the number one"], 3.0, 2, z_T=z_T)
+    again = generate(model, ae, schedule, ["nine", "the number one"], 3.0, 2, z_T=z_T)
     assert torch.allclose(x, again)  # generator seed 0 drew this z_T
 
 
@@ -185,8 +181,12 @@ def test_attention_maps_sum_to_one_over_tokens():
 def test_latent_diffusion_loss_trains_text_encoder_and_unet():
     model = small_model().train()
     z0, labels = torch.randn(8, 4, 7, 7), torch.arange(8)
-    loss = latent_diffusion_loss(model, (z0, labels), torch.Generator().manual_seed(0))
-    again = latent_diffusion_loss(model.eval(), (z0, labels), torch.Generator().manual_seed(0))
+    loss = latent_diffusion_loss(
+        model, LATENT_SCHEDULE, (z0, labels), torch.Generator().manual_seed(0)
+    )
+    again = latent_diffusion_loss(
+        model.eval(), LATENT_SCHEDULE, (z0, labels), torch.Generator().manual_seed(0)
+    )
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert loss.item() == pytest.approx(again.item(), rel=1e-4)  # seeded (dropout 0)
     loss.backward()
@@ -214,7 +214,7 @@ def test_latent_diffusion_loss_trains_text_encoder_and_unet():
             "t",
         ),
         (
-            lambda: sample(
+            lambda: generate(
                 small_model(), AutoEncoder(), LATENT_SCHEDULE, ["one"], z_T=torch.zeros(2)
             ),
             ValueError,

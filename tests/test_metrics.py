@@ -7,20 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lesson_lib.classifier import FEATURES, Classifier, augment, classifier_loss
 from lesson_lib.data import load_mnist
-from lesson_lib.metrics import (
-    FEATURES,
-    Classifier,
+from lesson_lib.metrics import accuracy, digit_histogram, nn_distances, novelty, predict
+from lesson_lib.quality import (
     FrechetReference,
-    accuracy,
-    augment,
-    classifier_loss,
-    digit_histogram,
     fd_with_floor,
     frechet_distance,
-    nn_distances,
-    novelty,
-    predict,
     quality_report,
     report_table,
 )

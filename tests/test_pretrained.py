@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from lesson_lib import pretrained
+from lesson_lib import manifest, pretrained
 from lesson_lib.data import load_mnist
 from lesson_lib.guidance import cfg
 from lesson_lib.metrics import accuracy, predict
@@ -19,9 +19,9 @@ SHIPPED = ["mnist", "mnist_classifier"]
 def weights_copy(tmp_path, monkeypatch):
     """A private copy of lesson_lib/weights that a test may damage."""
     copy = tmp_path / "weights"
-    shutil.copytree(pretrained.WEIGHTS, copy)
-    monkeypatch.setattr(pretrained, "WEIGHTS", copy)
-    monkeypatch.setattr(pretrained, "MANIFEST", copy / "manifest.json")
+    shutil.copytree(manifest.WEIGHTS, copy)
+    monkeypatch.setattr(manifest, "WEIGHTS", copy)
+    monkeypatch.setattr(manifest, "MANIFEST", copy / "manifest.json")
     return copy
 
 
@@ -29,13 +29,14 @@ def weights_copy(tmp_path, monkeypatch):
 def test_shipped_model_loads_in_eval_mode_with_its_manifest(name):
     loaded = pretrained.load(name)
     assert not loaded.model.training
-    for key in ("recipe", "data", "command", "steps", "hardware", "file_sha256"):
-        assert key in loaded.info, f"manifest entry {name!r} lacks {key!r}"
+    info = loaded.info
+    assert info.recipe == name and info.steps > 0 and info.command.startswith("python -m")
+    assert info.file_sha256 == manifest.sha256(manifest.WEIGHTS / info.file)
     assert (loaded.schedule is None) == (name == "mnist_classifier")
 
 
 def test_all_shipped_weights_fit_the_size_budget():
-    total = sum(p.stat().st_size for p in pretrained.WEIGHTS.iterdir())
+    total = sum(p.stat().st_size for p in manifest.WEIGHTS.iterdir())
     assert total <= 25 * 2**20, f"shipped weights take {total / 2**20:.1f} MB, more than 25 MB"
 
 
@@ -46,14 +47,14 @@ def test_unknown_name_lists_the_known_ones():
 
 
 def test_damaged_file_is_refused_naming_file_and_checksum(weights_copy):
-    path = weights_copy / pretrained.manifest()["mnist_classifier"]["file"]
+    path = weights_copy / manifest.read_entry("mnist_classifier").file
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="sha256") as err:
         pretrained.load("mnist_classifier")
     assert path.name in str(err.value)
-    assert pretrained.manifest()["mnist_classifier"]["file_sha256"] in str(err.value)
+    assert manifest.read_entry("mnist_classifier").file_sha256 in str(err.value)
 
 
 def test_tampered_manifest_checksum_is_refused(weights_copy):
@@ -82,3 +83,40 @@ def test_shipped_model_draws_the_asked_digits():
 def test_history_of_a_model_without_one_is_a_clear_error():
     with pytest.raises(ValueError, match="no history"):
         pretrained.history("mnist_classifier")
+
+
+def test_a_run_folder_loads_like_a_shipped_model(tmp_path):
+    from lesson_lib.train import main
+
+    out = tmp_path / "run"
+    main(["--config", "mnist_tiny", "--steps", "3", "--out", str(out), "--device", "cpu",
+          "--no-progress"])  # fmt: skip
+    run = pretrained.load_run(out)
+    assert not run.model.training and run.info.recipe == "mnist_tiny" and run.info.steps == 3
+    trained = torch.load(out / "model.pt", weights_only=True)
+    assert all(torch.equal(run.model.state_dict()[k], v) for k, v in trained.items())
+    assert torch.equal(
+        run.schedule.alpha_bar, pretrained.get_recipe("mnist_tiny").schedule.alpha_bar
+    )
+
+
+def test_a_folder_without_a_finished_run_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="info.json"):
+        pretrained.load_run(tmp_path)
+
+
+def test_an_unknown_manifest_field_is_named(weights_copy):
+    entries = json.loads((weights_copy / "manifest.json").read_text())
+    entries["mnist"]["colour"] = "blue"
+    (weights_copy / "manifest.json").write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match="colour"):
+        pretrained.load("mnist")
+
+
+def test_recipe_configs_are_frozen():
+    from dataclasses import FrozenInstanceError
+
+    from lesson_lib.recipes import MNIST_UNET
+
+    with pytest.raises(FrozenInstanceError):
+        MNIST_UNET.base_channels = 8

@@ -5,18 +5,14 @@ import math
 import pytest
 import torch
 
+from lesson_lib.denoiser import MLPDenoiser
 from lesson_lib.loop import TrainConfig, train
 from lesson_lib.losses import diffusion_loss
+from lesson_lib.mixture import GaussianMixture, exact_eps_model
 from lesson_lib.param import eps_from_score
 from lesson_lib.samplers import ddim_sample
 from lesson_lib.schedules import NoiseSchedule
-from lesson_lib.score import (
-    GaussianMixture,
-    MLPDenoiser,
-    annealed_langevin,
-    exact_eps_model,
-    langevin,
-)
+from lesson_lib.score import annealed_langevin, langevin
 
 ALPHA_BARS = [1.0, 0.9, 0.5, 0.1, 1e-3, 0.0]
 
