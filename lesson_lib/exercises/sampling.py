@@ -85,7 +85,7 @@ def _ddim(
     a, a_prev = ab[t].item(), ab[t_prev].item() if t_prev >= 0 else 1.0
     a_prev = a_prev if ab_prev is None else ab_prev
     s = eta * (sigma or (lambda a, p: math.sqrt((1 - p) / (1 - a) * (1 - a / p))))(a, a_prev)
-    d = (direction or (lambda p, s: math.sqrt(max(1 - p - s**2, 0.0))))(a_prev, s)
+    d = (direction or (lambda p, s: math.sqrt(1 - p - s**2)))(a_prev, s)
     x0 = x if swap else (x - math.sqrt(1 - a) * eps) / math.sqrt(a)
     return math.sqrt(a_prev) * x0 + d * eps + (s if noise is None else noise) * z
 
