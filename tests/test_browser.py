@@ -17,6 +17,7 @@ Playwright's own browser download is never used).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import secrets
@@ -343,6 +344,53 @@ def test_notebook_sliders_in_browser(lab, browser, latencies, name):
             found += _check_slider(page, sliders.nth(i), f"{stem}-slider{i}")
     except Exception:
         page.screenshot(path=ARTIFACTS / f"{stem}-failure.png")
+        raise
+    finally:
+        page.close()
+
+
+# The source of the first code cell whose source starts with `start`, and that cell's text output.
+CELL_OUTPUT_JS = f"""(start) => {{
+    const cell = {PANEL}.content.model.toJSON().cells.find(c => [].concat(c.source).join("").startsWith(start));
+    return (cell.outputs || []).map(o => [].concat(o.text || "").join("")).join("");
+}}"""
+
+
+def test_an_exercise_names_the_mistake_then_passes_in_browser(lab, browser):
+    """Type a wrong q_sample into notebook 01's exercise cell, run it and its check: the hint of
+    that mistake appears; type the reference: the check passes."""
+    from lesson_lib.exercises import EXERCISES
+
+    name = "01_forward_noising.ipynb"
+    wrong = (
+        "def q_sample(x0, t, eps, alpha_bar):\n"
+        "    ab = alpha_bar[t].view(-1, *[1] * (x0.ndim - 1))\n"
+        "    return (ab * x0 + (1 - ab) * eps).to(x0.dtype)\n"
+    )
+    right = inspect.getsource(EXERCISES["q_sample"].reference)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        page.goto(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")
+        _run_all(page, name)
+        cell = page.locator(".jp-CodeCell", has_text="def q_sample(")  # the exercise's stub
+        for answer, expected in [
+            (wrong, EXERCISES["q_sample"].mistakes[0].hint),
+            (right, "✓ q_sample: correct"),
+        ]:
+            cell.locator(".cm-content").click()
+            page.keyboard.press("Control+a")
+            page.keyboard.insert_text(answer)  # as typed or pasted, without auto-indent
+            page.keyboard.press("Shift+Enter")  # run it; the check cell below gets selected
+            page.keyboard.press("Shift+Enter")  # run the check
+            page.wait_for_function(
+                f"(s) => ({CELL_OUTPUT_JS})('check(\"q_sample\"').includes(s)",
+                arg=expected[:60],
+                timeout=30_000,
+            )
+        page.screenshot(path=ARTIFACTS / "exercise-q_sample.png")
+    except Exception:
+        page.screenshot(path=ARTIFACTS / "exercise-failure.png")
         raise
     finally:
         page.close()
