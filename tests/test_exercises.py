@@ -297,6 +297,7 @@ def test_an_unknown_name_raises_a_key_error_listing_the_known_ones():
         (lambda x0, t, eps, ab: x0 / 0, "inf at element (0, 0, 0, 0) (t = 0)"),
         (lambda x0, t, eps, ab: x0 * math.nan, "returned nan"),
         (lambda x0, t, eps, ab: None, "forget `return`"),
+        (lambda x0, t, eps, ab: x0 * (-1) ** 0.5, "complex numbers"),
         (lambda x0, t, eps, ab: [1.0], "returned list"),
         (lambda x0, t: x0, "raised TypeError"),
         ("q_sample", "pass your function itself"),
@@ -320,6 +321,16 @@ def test_an_unknown_mistake_gets_the_largest_error_and_where():
     result = check("q_sample", off_at_the_end)
     assert not result.ok
     assert "largest error is 0.5 at element (1," in result.message and "(t = 999)" in result.message
+
+
+def test_a_negative_square_root_at_t_prev_minus_1_is_still_diagnosed():
+    def ddim_step(x_t, t, t_prev, eps, alpha_bar, eta, z):  # alpha_bar[-1] at t_prev = -1
+        ab, ab_prev = alpha_bar[t].item(), alpha_bar[t_prev].item()
+        x0 = (x_t - (1 - ab) ** 0.5 * eps) / ab**0.5
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
+        return ab_prev**0.5 * x0 + (1 - ab_prev - sigma**2) ** 0.5 * eps + sigma * z
+
+    assert EXERCISES["ddim_step"].mistakes[0].hint in check("ddim_step", ddim_step).message
 
 
 def test_float32_arithmetic_in_a_float64_answer_is_named():

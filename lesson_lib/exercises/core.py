@@ -148,6 +148,8 @@ def _call(fn: Callable, case: Case, cast: bool = False) -> _Output:
     got = got.detach().cpu().to(want.dtype) if cast else got.detach().cpu()
     if got.shape != want.shape:
         return _Output(None, f"it returned shape {tuple(got.shape)}; expected {tuple(want.shape)}")
+    if got.is_complex() and not want.is_complex():
+        return _Output(None, "it returned complex numbers: ** 0.5 of a negative number?", True)
     if got.dtype != want.dtype:
         return _Output(None, f"it returned dtype {got.dtype}; expected {want.dtype}")
     if want.dtype.is_floating_point and not bool(got.isfinite().all()):
