@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test lint format clean-venv
+.PHONY: lab test quick lint format clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ lab: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# For contributors: lint and the fast unit tests, without notebooks, the browser or slow tests.
+quick: $(STAMP) lint
+	$(BIN)/python -m pytest tests -m "not slow" --ignore=tests/test_browser.py -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -67,14 +67,26 @@ def _unet_recipe(
     train: TrainConfig,
     p_uncond: float = 0.1,
 ) -> Recipe:
-    schedule = NoiseSchedule.linear(config.num_timesteps)
+    """A class-conditional U-Net on the bundled digits: a diffusion model (eps loss, linear
+    schedule, DDIM snapshots), or for a ``continuous_time`` config a flow model (velocity loss,
+    Euler snapshots). Snapshots take 25 steps with guidance w = 3."""
+    if config.continuous_time:
+        schedule = None
 
-    def loss(model, batch, generator):
-        images, labels = batch
-        return diffusion_loss(model, schedule, images, labels, p_uncond, generator)
+        def loss(model, batch, generator):
+            return flow_loss(model, batch[0], batch[1], p_uncond, generator)
 
-    def sample_grid(model, noise, labels):  # DDIM 25 steps, guidance w = 3
-        return ddim_sample(cfg(model, 3.0), schedule, noise, 25, y=labels)
+        def sample_grid(model, noise, labels):
+            s = torch.linspace(1, 0, 26, dtype=torch.float64)
+            return euler_sample(cfg(model, 3.0), noise, s, y=labels)
+    else:
+        schedule = NoiseSchedule.linear(config.num_timesteps)
+
+        def loss(model, batch, generator):
+            return diffusion_loss(model, schedule, batch[0], batch[1], p_uncond, generator)
+
+        def sample_grid(model, noise, labels):
+            return ddim_sample(cfg(model, 3.0), schedule, noise, 25, y=labels)
 
     return Recipe(
         name=name,
@@ -83,28 +95,6 @@ def _unet_recipe(
         train=train,
         loss=loss,
         schedule=schedule,
-        model_config=asdict(config),
-        sample_grid=sample_grid,
-    )
-
-
-def _flow_recipe(
-    name: str, about: str, config: UNetConfig, train: TrainConfig, p_uncond: float
-) -> Recipe:
-    def loss(model, batch, generator):
-        images, labels = batch
-        return flow_loss(model, images, labels, p_uncond, generator)
-
-    def sample_grid(model, noise, labels):  # Euler 25 steps, guidance w = 3 on the velocity
-        s = torch.linspace(1, 0, 26, dtype=torch.float64)
-        return euler_sample(cfg(model, 3.0), noise, s, y=labels)
-
-    return Recipe(
-        name=name,
-        about=about,
-        make_model=lambda: UNet(config),
-        train=train,
-        loss=loss,
         model_config=asdict(config),
         sample_grid=sample_grid,
     )
@@ -170,7 +160,7 @@ RECIPES: dict[str, Recipe] = {
             # its samples lag far behind the guided ones (docs/benchmarks.md).
             p_uncond=0.5,
         ),
-        _flow_recipe(
+        _unet_recipe(
             "mnist_flow",
             "class-conditional U-Net (label dropout 0.5) trained by flow matching on MNIST "
             "digits: x_s = (1 - s) x0 + s eps, v = eps - x0",

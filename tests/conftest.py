@@ -1,5 +1,7 @@
 """Set-up shared by the unit tests."""
 
+import shutil
+
 import matplotlib
 import pytest
 import torch
@@ -15,3 +17,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def weights_copy(tmp_path, monkeypatch):
+    """A private copy of lesson_lib/weights that a test may damage or ship into."""
+    from lesson_lib import manifest
+
+    copy = tmp_path / "weights"
+    shutil.copytree(manifest.WEIGHTS, copy)
+    monkeypatch.setattr(manifest, "WEIGHTS", copy)
+    monkeypatch.setattr(manifest, "MANIFEST", copy / "manifest.json")
+    return copy

@@ -4,7 +4,6 @@ import json
 import math
 import os
 import pickle
-import shutil
 import signal
 import subprocess
 import sys
@@ -264,19 +263,7 @@ def test_the_training_command_checkpoints_on_sigterm_and_resumes(tmp_path):
     assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["step"] == step + 3
 
 
-@pytest.fixture
-def shipped_copy(tmp_path, monkeypatch):
-    """A private copy of lesson_lib/weights that the training command may ship into."""
-    from lesson_lib import manifest
-
-    copy = tmp_path / "weights"
-    shutil.copytree(manifest.WEIGHTS, copy)
-    monkeypatch.setattr(manifest, "WEIGHTS", copy)
-    monkeypatch.setattr(manifest, "MANIFEST", copy / "manifest.json")
-    return copy
-
-
-def test_the_training_command_ships_a_run_into_the_manifest(tmp_path, shipped_copy):
+def test_the_training_command_ships_a_run_into_the_manifest(tmp_path, weights_copy):
     from lesson_lib import manifest, pretrained
     from lesson_lib.train import main
 

@@ -1,7 +1,6 @@
 """Shipped models: verified by sha256, refused when damaged, and as good as their manifest says."""
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -13,16 +12,6 @@ from lesson_lib.metrics import accuracy, predict
 from lesson_lib.samplers import ddim_sample
 
 SHIPPED = ["mnist", "mnist_classifier"]
-
-
-@pytest.fixture
-def weights_copy(tmp_path, monkeypatch):
-    """A private copy of lesson_lib/weights that a test may damage."""
-    copy = tmp_path / "weights"
-    shutil.copytree(manifest.WEIGHTS, copy)
-    monkeypatch.setattr(manifest, "WEIGHTS", copy)
-    monkeypatch.setattr(manifest, "MANIFEST", copy / "manifest.json")
-    return copy
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -55,3 +55,73 @@ def test_the_notebook_stall_workaround_is_active():
     from tests import nbstall
 
     assert AsyncZMQSocketChannel.get_msg is nbstall._get_msg_in_slices
+
+
+def _stack() -> list[str]:
+    """The module order of lesson_lib/__init__.py's map, lowest layer first."""
+    import lesson_lib
+
+    lines = lesson_lib.__doc__.split("\n\n", 2)[2].splitlines()
+    return [line.split()[0] for line in lines if line.strip()]
+
+
+def _imports(path: Path) -> tuple[set[str], list[int]]:
+    """The lesson_lib modules ``path`` imports ("" for its own package's submodules), and the
+    lines where it imports one inside a function (a lazy import that can hide a circle)."""
+    import ast
+
+    depth = len(path.relative_to(ROOT / "lesson_lib").parts)  # 1 in lesson_lib, 2 in a package
+
+    def lesson_module(node) -> str | None:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            return (node.module or "").split(".")[0] if node.level == depth else ""
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lesson_lib."):
+            return node.module.split(".")[1]
+        if isinstance(node, ast.Import | ast.ImportFrom) and any(
+            a.name.startswith("lesson_lib") for a in node.names
+        ):
+            return ""
+        return None
+
+    tree = ast.parse(path.read_text())
+    found = {m for n in ast.walk(tree) if (m := lesson_module(n)) is not None}
+    nested = [
+        n.lineno
+        for f in ast.walk(tree)
+        if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+        for n in ast.walk(f)
+        if lesson_module(n) is not None
+    ]
+    return found, nested
+
+
+def test_the_module_map_lists_every_module_once():
+    stack = _stack()
+    on_disk = sorted(
+        p.stem if p.name != "__init__.py" else p.parent.name
+        for p in (ROOT / "lesson_lib").glob("*.py")
+        if p.name != "__init__.py"
+    ) + sorted(p.name for p in (ROOT / "lesson_lib").iterdir() if (p / "__init__.py").exists())
+    assert sorted(stack) == sorted(on_disk)
+
+
+def test_modules_import_only_from_lower_layers_and_never_inside_functions():
+    stack = _stack()
+    for path in sorted((ROOT / "lesson_lib").rglob("*.py")):
+        package = path.parent.name if path.parent.name != "lesson_lib" else None
+        name = package or path.stem
+        if name == "__init__":
+            continue
+        found, nested = _imports(path)
+        found -= {"", name}  # a package's own submodules
+        above = [m for m in found if stack.index(m) > stack.index(name)]
+        assert not above, f"{path.relative_to(ROOT)} imports {above}, a layer above it"
+        assert not nested, f"{path.relative_to(ROOT)} imports inside a function (lines {nested})"
+
+
+MODULES = sorted((ROOT / "lesson_lib").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=[str(p.relative_to(ROOT)) for p in MODULES])
+def test_every_module_fits_in_300_lines(path):
+    assert len(path.read_text().splitlines()) <= 300
