@@ -32,7 +32,9 @@ def _build(entry: ModelEntry, state: dict, device) -> Pretrained:
     recipe = get_recipe(entry.recipe)
     model = recipe.make_model()
     model.load_state_dict(state)
-    return Pretrained(model.to(device).eval(), recipe.schedule, entry)
+    # A copy of the recipe's schedule: changing its tensors cannot change what load() builds.
+    schedule = None if recipe.schedule is None else NoiseSchedule(recipe.schedule.betas)
+    return Pretrained(model.to(device).eval(), schedule, entry)
 
 
 def load(name: str, device: torch.device | str = "cpu") -> Pretrained:

@@ -10,6 +10,7 @@ from lesson_lib.data import load_mnist
 from lesson_lib.guidance import cfg
 from lesson_lib.metrics import accuracy, predict
 from lesson_lib.samplers import ddim_sample
+from lesson_lib.schedules import NoiseSchedule
 
 SHIPPED = ["mnist", "mnist_classifier"]
 
@@ -109,3 +110,12 @@ def test_recipe_configs_are_frozen():
 
     with pytest.raises(FrozenInstanceError):
         MNIST_UNET.base_channels = 8
+
+
+def test_changing_a_loaded_schedule_does_not_change_the_next_load():
+    first = pretrained.load("mnist")
+    first.schedule.betas.fill_(0.5)
+    first.schedule.alpha_bar.zero_()
+    again = pretrained.load("mnist").schedule
+    fresh = NoiseSchedule.linear(1000)  # the shipped model's schedule
+    assert torch.equal(again.betas, fresh.betas) and torch.equal(again.alpha_bar, fresh.alpha_bar)
