@@ -15,6 +15,13 @@ and without (where in the reverse process a model's samples go wrong).
 Speed: seconds per network call and per training step at batch 64 on this machine, for the
 course U-Net and the anchor (the anchor's cost is measured even without its weights).
 Results are printed and written to docs/benchmarks_models.json.
+
+``--flow`` scores the flow-matching model ``mnist_flow`` beside ``mnist`` instead: Euler over
+uniform flow times with 10, 20 and 50 steps against DDIM (eta 0, default spacing) with the same
+number of network calls, on the same noise and labels, guided (w = 3) and unguided, written to
+docs/benchmarks_flow.json (``--write-manifest`` records mnist_flow's figures; ``--flow-run DIR``
+scores a training run's folder in its place). ``--markdown``
+prints the table of an existing results file for docs/benchmarks.md, without sampling.
 """
 
 from __future__ import annotations
@@ -30,11 +37,12 @@ import torch
 
 from lesson_lib.atomic import save_json_atomic
 from lesson_lib.data import load_mnist
+from lesson_lib.flow import euler_sample
 from lesson_lib.forward import q_sample
 from lesson_lib.guidance import cfg
 from lesson_lib.manifest import record_quality
 from lesson_lib.metrics import accuracy
-from lesson_lib.pretrained import load
+from lesson_lib.pretrained import load, load_run
 from lesson_lib.quality import FrechetReference, quality_report, report_table
 from lesson_lib.samplers import ddim_sample, ddpm_sample
 
@@ -104,19 +112,44 @@ def eps_error_by_t(model, schedule, images, labels) -> dict:
     return out
 
 
+KINDS = ("guided_w3", "unguided")
+FLOW_STEPS = (10, 20, 50)
+
+
+def fixed_noise(n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The starting noise (n, 1, 28, 28) of seed 0 and the asked digits (n // 10 of each)."""
+    noise = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(0)).to(device)
+    return noise, torch.arange(10, device=device).repeat_interleave(n // 10)
+
+
+def score_samplers(model, samplers, labels, reference, train, heldout) -> dict:
+    """Sample with each ``(name, sample, kinds)`` of ``samplers`` (``sample(model, **cond)``
+    returns images; kinds among KINDS: guided w = 3 asking for ``labels``, or unguided) and score
+    each batch against ``reference`` (a FrechetReference: the real digits, featurised once)."""
+    runs = {"guided_w3": (cfg(model, 3.0), {"y": labels}), "unguided": (model, {})}
+    out, reports = {}, {}
+    for name, sample, kinds in samplers:
+        for kind in kinds:
+            fn, cond = runs[kind]
+            start = time.perf_counter()
+            x = sample(fn, **cond).clamp(-1, 1).cpu()
+            seconds = time.perf_counter() - start
+            rep = quality_report(
+                reference.classifier, x, train, heldout, labels.cpu() if cond else None, reference
+            )
+            reports[f"{name} {kind}"] = rep
+            out[f"{name}_{kind}"] = {**rep.as_dict(), "seconds": seconds}
+    print(report_table(reports))
+    return out
+
+
 def evaluate(
     model, schedule, reference, train, heldout, device, n, ddpm: str | None, clip_x0: bool
 ) -> dict:
-    """Quality of guided (w = 3) and unguided samples, DDIM-50 (and DDPM-1000) on fixed noise,
-    scored against ``reference`` (a FrechetReference: the real digits, featurised once)."""
-    classifier = reference.classifier
-    gen = torch.Generator().manual_seed(0)
-    noise = torch.randn(n, 1, 28, 28, generator=gen).to(device)
-    labels = torch.arange(10, device=device).repeat_interleave(n // 10)
-    guided = cfg(model, 3.0)
-    out, reports = {}, {}
+    """Quality of guided (w = 3) and unguided samples, DDIM-50 (and DDPM-1000) on fixed noise."""
+    noise, labels = fixed_noise(n, device)
     samplers = [
-        ("ddim50", lambda m, **c: ddim_sample(m, schedule, noise, 50, clip_x0=clip_x0, **c))
+        ("ddim50", lambda m, **c: ddim_sample(m, schedule, noise, 50, clip_x0=clip_x0, **c), KINDS)
     ]
     if ddpm:
         g = torch.Generator(device=device)
@@ -126,23 +159,83 @@ def evaluate(
                 lambda m, **c: ddpm_sample(
                     m, schedule, noise, generator=g.manual_seed(1), clip_x0=clip_x0, **c
                 ),
+                KINDS if ddpm == "both" else ("unguided",),
             )
         )
-    kinds = [("guided_w3", guided, {"y": labels}), ("unguided", model, {})]
-    for name, sample in samplers:
-        for kind, fn, cond in kinds:
-            if name == "ddpm1000" and ddpm == "unguided" and kind != "unguided":
-                continue
-            start = time.perf_counter()
-            x = sample(fn, **cond).clamp(-1, 1).cpu()
-            seconds = time.perf_counter() - start
-            rep = quality_report(
-                classifier, x, train, heldout, labels.cpu() if cond else None, reference
+    return score_samplers(model, samplers, labels, reference, train, heldout)
+
+
+def evaluate_flow(flow, eps, reference, train, heldout, device, n) -> dict:
+    """mnist_flow with Euler over uniform flow times against mnist with DDIM (eta 0), at each of
+    FLOW_STEPS network calls, on the same noise and labels."""
+    noise, labels = fixed_noise(n, device)
+
+    def euler(steps):
+        s = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+        return lambda m, **c: euler_sample(m, noise, s, **c)
+
+    def ddim(steps):
+        return lambda m, **c: ddim_sample(m, eps.schedule, noise, steps, **c)
+
+    return {
+        "mnist_flow": score_samplers(
+            flow.model,
+            [(f"euler{k}", euler(k), KINDS) for k in FLOW_STEPS],
+            labels,
+            reference,
+            train,
+            heldout,
+        ),
+        "mnist": score_samplers(
+            eps.model,
+            [(f"ddim{k}", ddim(k), KINDS) for k in FLOW_STEPS],
+            labels,
+            reference,
+            train,
+            heldout,
+        ),
+    }
+
+
+def flow_markdown(results: dict) -> str:
+    """The docs/benchmarks.md table of a ``--flow`` results file."""
+    lines = [
+        "| model, sampler | network calls | guided w = 3: asked digit | guided: Fréchet / floor "
+        "| unguided: Fréchet / floor | unguided digits 0-9 (%) | NN ratio unguided "
+        "| copies guided / unguided | seconds, guided + unguided |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for k in FLOW_STEPS:
+        for name, sampler in (("mnist_flow", "Euler"), ("mnist", "DDIM")):
+            g, u = (results[name][f"{sampler.lower()}{k}_{kind}"] for kind in KINDS)
+            digits = " ".join(f"{100 * h:.0f}" for h in u["histogram"])
+            lines.append(
+                f"| `{name}`, {sampler} | {k} | {g['accuracy']:.1%} "
+                f"| {g['fd']:.2f} / {g['fd_floor']:.2f} = {g['fd_ratio']:.2f}x "
+                f"| {u['fd']:.2f} / {u['fd_floor']:.2f} = {u['fd_ratio']:.2f}x | {digits} "
+                f"| {u['nn_ratio']:.2f} | {g['copy_fraction']:.1%} / {u['copy_fraction']:.1%} "
+                f"| {g['seconds'] + u['seconds']:.0f} |"
             )
-            reports[f"{name} {kind}"] = rep
-            out[f"{name}_{kind}"] = {**rep.as_dict(), "seconds": seconds}
-    print(report_table(reports))
-    return out
+    flow, eps = results["mnist_flow"]["euler50_unguided"], results["mnist"]["ddim50_unguided"]
+    lines.append(
+        f"\nAt 50 calls: guided asked digit {results['mnist_flow']['euler50_guided_w3']['accuracy']:.1%}"
+        f" (target >= 97%); unguided Fréchet distance {flow['fd']:.2f} against {eps['fd']:.2f}, "
+        f"{flow['fd'] / eps['fd']:.2f}x `mnist`'s (target <= 1.25x)."
+    )
+    return "\n".join(lines)
+
+
+def flow_benchmark(args, results, eps, reference, train, heldout, device) -> None:
+    """``--flow``: score mnist_flow (or ``--flow-run``) beside mnist, write, record."""
+    flow = load_run(args.flow_run, device) if args.flow_run else load("mnist_flow", device)
+    results |= evaluate_flow(flow, eps, reference, train, heldout, device, args.samples)
+    keys = ("steps", "hardware", "seconds_last_session")
+    results["mnist_flow_training"] = {k: getattr(flow.info, k) for k in keys}
+    save_json_atomic(results, args.out)
+    print(f"\nwrote {args.out}\n\n{flow_markdown(results)}")
+    if args.write_manifest:
+        by = {"measured_on": results["device"], "by": "scripts/benchmark_models.py --flow"}
+        record_quality("mnist_flow", results["mnist_flow"] | by)
 
 
 def main() -> None:
@@ -164,10 +257,32 @@ def main() -> None:
     )
     parser.add_argument("--clip-x0", action="store_true", help="clamp predicted x0 to [-1, 1]")
     parser.add_argument("--write-manifest", action="store_true")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks_models.json")
+    parser.add_argument(
+        "--flow", action="store_true", help="score mnist_flow (Euler) beside mnist (DDIM) only"
+    )
+    parser.add_argument(
+        "--flow-run",
+        type=Path,
+        help="with --flow: score this run folder's flow model instead of the shipped mnist_flow",
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the table of --out (with --flow) and stop"
+    )
+    parser.add_argument("--out", type=Path, help="results file (default docs/benchmarks_*.json)")
     args = parser.parse_args()
     if args.write_manifest and (args.course or args.clip_x0):
         parser.error("--write-manifest records the shipped model: not with --course or --clip-x0")
+    if args.flow and (args.course or args.clip_x0 or args.anchor or args.ddpm):
+        parser.error("--flow compares the two shipped models: not with --course, --clip-x0, ...")
+    if args.flow_run and (args.write_manifest or not args.flow):
+        parser.error("--flow-run goes with --flow, and not with --write-manifest")
+    if args.markdown and not args.flow:
+        parser.error("--markdown prints the --flow table: give --flow too")
+    default = "benchmarks_flow.json" if args.flow else "benchmarks_models.json"
+    args.out = args.out or ROOT / "docs" / default
+    if args.markdown:
+        print(flow_markdown(json.loads(args.out.read_text())))
+        return
     device = torch.device(args.device)
     if device.type == "cpu":  # the reference machine's 2 cores, unless OMP_NUM_THREADS says
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
@@ -187,6 +302,9 @@ def main() -> None:
         f"classifier accuracy on the 500 held-out digits: {results['classifier_heldout_accuracy']:.1%}"
     )
     shipped = load("mnist", device)
+    if args.flow:
+        flow_benchmark(args, results, shipped, reference, train, heldout, device)
+        return
     if args.course:
         state = torch.load(args.course / "model.pt", map_location=device, weights_only=True)
         shipped.model.load_state_dict(state)
