@@ -165,7 +165,7 @@ RECIPES: dict[str, Recipe] = {
             "class-conditional U-Net (label dropout 0.5) trained by flow matching on MNIST "
             "digits: x_s = (1 - s) x0 + s eps, v = eps - x0",
             replace(MNIST_UNET, continuous_time=True),
-            TrainConfig(steps=4_000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999),
+            TrainConfig(steps=3_000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999),
             p_uncond=0.5,
         ),
         _unet_recipe(
