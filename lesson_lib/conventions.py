@@ -121,14 +121,14 @@ def v_from_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t, eps: torch.Tensor)
 
 
 def eps_from_v(schedule: NoiseSchedule, x_t: torch.Tensor, t, v: torch.Tensor) -> torch.Tensor:
-    """eps = sigma x_t + alpha v (Salimans & Ho 2022, Appendix D)."""
+    """eps = sigma x_t + alpha v (Salimans & Ho 2022, Sec. 4)."""
     check_shape("v", v, x_t.shape)
     alpha, sigma = _scales(schedule, x_t, t)
     return sigma * x_t + alpha * v
 
 
 def x0_from_v(schedule: NoiseSchedule, x_t: torch.Tensor, t, v: torch.Tensor) -> torch.Tensor:
-    """x0 = alpha x_t - sigma v (Salimans & Ho 2022, Appendix D)."""
+    """x0 = alpha x_t - sigma v (Salimans & Ho 2022, Sec. 4)."""
     check_shape("v", v, x_t.shape)
     alpha, sigma = _scales(schedule, x_t, t)
     return alpha * x_t - sigma * v

@@ -59,7 +59,7 @@ def flow_loss(
     (Lipman et al. 2023, Eq. 23 with sigma_min = 0). ``y``: (B,) labels, dropped to the null label
     with probability ``p_uncond`` (Ho & Salimans 2022), or None. ``eps`` (like x0): the noise end
     of each path, drawn fresh when None; reflow passes the noise its pair came from (Liu et al.
-    2023, Eq. 6)."""
+    2023, Algorithm 1)."""
     check_tensor("x0", x0)
     check_real("p_uncond", p_uncond, low=0.0, high=1.0)
     s = torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)

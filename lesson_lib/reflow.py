@@ -1,12 +1,12 @@
 """Rectified flow on points (Liu et al. 2023): a small velocity network, the exact velocity of a
 Gaussian mixture, reflow's pairs, and the measures that show what one round of reflow buys.
 
-Flow matching (``lesson_lib.flow``) learns the velocity whose ODE carries noise to data along
-the *marginal* flow; its paths cross-free but curved, so few Euler steps land off the data.
-Reflow samples pairs (x_1 noise, x_0 = ODE(x_1)) from that flow and trains again on the straight
-lines between the pairs (Liu et al. 2023, Eq. 6): the new flow's paths are straighter (Theorem
-3.6), and one or two Euler steps get close. Points are (B, d); s follows ``lesson_lib.flow``.
-"""
+Flow matching (``lesson_lib.flow``) learns the marginal velocity, whose ODE carries noise to data;
+its paths never cross but they bend, so a few Euler steps land off the data. Reflow samples pairs
+(x_1 noise, x_0 = ODE(x_1)) from that flow and trains again on the straight lines between the
+pairs (Liu et al. 2023, Algorithm 1): the new flow keeps the marginals and its paths are
+straighter (their Sec. 3), so one or two Euler steps get close. Points are (B, d); s follows
+``lesson_lib.flow``."""
 
 from __future__ import annotations
 

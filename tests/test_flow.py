@@ -160,8 +160,13 @@ def test_euler_trajectory_and_clip():
         nxt = traj.x_t[i + 1] if i < 2 else traj.x
         assert torch.allclose(nxt, traj.x_t[i] + (s[i + 1] - s[i]) * v)
     clipped = euler_sample(_velocity, x_1, s, clip_x0=True, return_trajectory=True)
-    assert clipped.x0_pred.abs().max() <= 1 and clipped.x.abs().max() <= 1
-    assert not torch.allclose(clipped.x, traj.x)
+    assert clipped.x0_pred.abs().max() <= 1 and not torch.allclose(clipped.x, traj.x)
+    for i in range(3):  # each step takes the velocity the clipped x0 implies: (x - x0) / s
+        x, x0 = clipped.x_t[i], clipped.x0_pred[i]
+        v = _velocity(x, s[i].expand(5))
+        assert torch.equal(x0, (x - s[i] * v).clamp(-1, 1))
+        nxt = clipped.x_t[i + 1] if i < 2 else clipped.x
+        assert torch.allclose(nxt, x + (s[i + 1] - s[i]) * (x - x0) / s[i])
 
 
 def test_euler_passes_cond_and_batches_s():

@@ -36,9 +36,12 @@ def test_exact_velocity_is_the_diffusion_models_velocity():
 
 
 def test_exact_velocity_at_pure_noise_and_minimises_the_loss():
-    v = exact_velocity(GM)
+    off_centre = GaussianMixture.create(GM.means + torch.tensor([1.0, -0.5]), 0.3, range(1, 9))
     x = _points(5, 1)
-    assert torch.allclose(v(x, torch.ones(5, dtype=torch.float64)), x - GM.weights @ GM.means)
+    mean = off_centre.weights @ off_centre.means  # E[x0], away from 0
+    one = torch.ones(5, dtype=torch.float64)
+    assert torch.allclose(exact_velocity(off_centre)(x, one), x - mean)  # x_1 is pure noise
+    v = exact_velocity(GM)
     x0 = GM.sample(1000, torch.Generator().manual_seed(2), dtype=torch.float64)
     losses = {}  # E[v | x_s] minimises the flow-matching loss: any change adds to it
     for name, model in [("exact", v), ("scaled", lambda x, s: 1.3 * v(x, s))]:
@@ -53,8 +56,8 @@ def test_straightness():
     line = (1 - s)[:, None, None] * end + s[:, None, None] * start  # path[0] = start at s = 1
     assert straightness(line, s) < 1e-24
     # a detour: x(s) = line + a sin(pi s) e, dx/ds - chord = a pi cos(pi s) e, so the
-    # integral of |.|^2 over [0, 1] is a^2 pi^2 / 2 (sampled here by 2,000 segments).
-    fine = torch.linspace(1, 0, 2001, dtype=torch.float64)
+    # integral of |.|^2 over [0, 1] is a^2 pi^2 / 2 (sampled here by 2,000 uneven segments).
+    fine = torch.linspace(1, 0, 2001, dtype=torch.float64) ** 2
     bump = 0.3 * torch.sin(torch.pi * fine)[:, None, None] * torch.tensor([1.0, 0.0])
     curve = (1 - fine)[:, None, None] * end + fine[:, None, None] * start + bump
     assert straightness(curve, fine).item() == pytest.approx(0.09 * torch.pi**2 / 2, rel=1e-5)
