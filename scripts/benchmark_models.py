@@ -20,7 +20,8 @@ Results are printed and written to docs/benchmarks_models.json.
 uniform flow times with 10, 20 and 50 steps against DDIM (eta 0, default spacing) with the same
 number of network calls, on the same noise and labels, guided (w = 3) and unguided, written to
 docs/benchmarks_flow.json (``--write-manifest`` records mnist_flow's figures; ``--flow-run DIR``
-scores a training run's folder in its place). ``--markdown``
+scores a training run's folder in its place; ``--flow-only mnist`` or ``mnist_flow`` scores one
+side and keeps the other's figures from the results file). ``--markdown``
 prints the table of an existing results file for docs/benchmarks.md, without sampling.
 """
 
@@ -165,9 +166,9 @@ def evaluate(
     return score_samplers(model, samplers, labels, reference, train, heldout)
 
 
-def evaluate_flow(flow, eps, reference, train, heldout, device, n) -> dict:
-    """mnist_flow with Euler over uniform flow times against mnist with DDIM (eta 0), at each of
-    FLOW_STEPS network calls, on the same noise and labels."""
+def evaluate_flow(models: dict, schedule, reference, train, heldout, device, n) -> dict:
+    """Score ``models`` ("mnist_flow": Euler over uniform flow times; "mnist": DDIM, eta 0, on
+    ``schedule``) at each of FLOW_STEPS network calls, on the same noise and labels."""
     noise, labels = fixed_noise(n, device)
 
     def euler(steps):
@@ -175,26 +176,15 @@ def evaluate_flow(flow, eps, reference, train, heldout, device, n) -> dict:
         return lambda m, **c: euler_sample(m, noise, s, **c)
 
     def ddim(steps):
-        return lambda m, **c: ddim_sample(m, eps.schedule, noise, steps, **c)
+        return lambda m, **c: ddim_sample(m, schedule, noise, steps, **c)
 
-    return {
-        "mnist_flow": score_samplers(
-            flow.model,
-            [(f"euler{k}", euler(k), KINDS) for k in FLOW_STEPS],
-            labels,
-            reference,
-            train,
-            heldout,
-        ),
-        "mnist": score_samplers(
-            eps.model,
-            [(f"ddim{k}", ddim(k), KINDS) for k in FLOW_STEPS],
-            labels,
-            reference,
-            train,
-            heldout,
-        ),
-    }
+    samplers = {"mnist_flow": ("euler", euler), "mnist": ("ddim", ddim)}
+    out = {}
+    for name, model in models.items():
+        prefix, make = samplers[name]
+        runs = [(f"{prefix}{k}", make(k), KINDS) for k in FLOW_STEPS]
+        out[name] = score_samplers(model, runs, labels, reference, train, heldout)
+    return out
 
 
 def flow_markdown(results: dict) -> str:
@@ -226,13 +216,24 @@ def flow_markdown(results: dict) -> str:
 
 
 def flow_benchmark(args, results, eps, reference, train, heldout, device) -> None:
-    """``--flow``: score mnist_flow (or ``--flow-run``) beside mnist, write, record."""
-    flow = load_run(args.flow_run, device) if args.flow_run else load("mnist_flow", device)
-    results |= evaluate_flow(flow, eps, reference, train, heldout, device, args.samples)
-    keys = ("steps", "hardware", "seconds_last_session")
-    results["mnist_flow_training"] = {k: getattr(flow.info, k) for k in keys}
+    """``--flow``: score mnist_flow (or ``--flow-run``) beside mnist, write, record. With
+    ``--flow-only`` one side is scored and the other kept from ``--out``."""
+    sides = [args.flow_only] if args.flow_only else ["mnist_flow", "mnist"]
+    kept = json.loads(args.out.read_text()) if args.flow_only and args.out.exists() else {}
+    if kept.get("samples", args.samples) != args.samples:
+        raise SystemExit(f"{args.out} holds {kept['samples']} samples a run, not {args.samples}")
+    models = {"mnist": eps.model} if "mnist" in sides else {}
+    if "mnist_flow" in sides:
+        flow = load_run(args.flow_run, device) if args.flow_run else load("mnist_flow", device)
+        models = {"mnist_flow": flow.model} | models
+        keys = ("steps", "hardware", "seconds_last_session")
+        results["mnist_flow_training"] = {k: getattr(flow.info, k) for k in keys}
+    scores = evaluate_flow(models, eps.schedule, reference, train, heldout, device, args.samples)
+    results = kept | results | {"samples": args.samples} | scores
     save_json_atomic(results, args.out)
-    print(f"\nwrote {args.out}\n\n{flow_markdown(results)}")
+    print(f"\nwrote {args.out}")
+    if "mnist_flow" in results and "mnist" in results:
+        print(f"\n{flow_markdown(results)}")
     if args.write_manifest:
         by = {"measured_on": results["device"], "by": "scripts/benchmark_models.py --flow"}
         record_quality("mnist_flow", results["mnist_flow"] | by)
@@ -266,6 +267,11 @@ def main() -> None:
         help="with --flow: score this run folder's flow model instead of the shipped mnist_flow",
     )
     parser.add_argument(
+        "--flow-only",
+        choices=["mnist_flow", "mnist"],
+        help="with --flow: score one side only, keeping the other's figures from --out",
+    )
+    parser.add_argument(
         "--markdown", action="store_true", help="print the table of --out (with --flow) and stop"
     )
     parser.add_argument("--out", type=Path, help="results file (default docs/benchmarks_*.json)")
@@ -276,6 +282,10 @@ def main() -> None:
         parser.error("--flow compares the two shipped models: not with --course, --clip-x0, ...")
     if args.flow_run and (args.write_manifest or not args.flow):
         parser.error("--flow-run goes with --flow, and not with --write-manifest")
+    if args.flow_only and not args.flow:
+        parser.error("--flow-only goes with --flow")
+    if args.write_manifest and args.flow_only == "mnist":
+        parser.error("--write-manifest records mnist_flow: not with --flow-only mnist")
     if args.markdown and not args.flow:
         parser.error("--markdown prints the --flow table: give --flow too")
     default = "benchmarks_flow.json" if args.flow else "benchmarks_models.json"
