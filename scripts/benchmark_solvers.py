@@ -111,7 +111,12 @@ def reference_run(results: dict) -> dict:
 def markdown(results: dict) -> str:
     """The table for docs/benchmarks.md: one row per run, distances also relative to DDIM-50."""
     ref = {kind: reference_run(results)[kind]["fd"] for kind in ("guided_w3", "unguided")}
+    load = [results.get(f"load_average_at_{when}") for when in ("start", "end")]
     lines = [
+        f"Measured on {results['device']}, {results['samples']} samples per run; load average "
+        + (f"{load[0]:.1f} at the start, {load[1]:.1f} at the end" if None not in load else "-")
+        + " (2 cores, shared with other work: the times are upper bounds).",
+        "",
         "| sampler | network calls | guided w = 3: asked digit | guided: Fréchet / floor "
         "| guided: / DDIM-50 | unguided: Fréchet / floor | unguided: / DDIM-50 "
         "| s per sample (guided, unguided) |",
