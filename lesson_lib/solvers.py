@@ -31,8 +31,7 @@ from tqdm.auto import tqdm
 
 from .checks import check_choice, check_int, check_tensor
 from .conventions import at_step
-from .param import eps_from_x0, x0_from_eps
-from .samplers import Trajectory, ddim_sample, ddim_step, ddim_timesteps
+from .samplers import Recorder, Trajectory, ddim_sample, ddim_step, ddim_timesteps, predict
 from .schedules import NoiseSchedule
 
 __all__ = [
@@ -84,55 +83,18 @@ def solver_timesteps(
     return _nearest_timesteps(schedule, s_max.log() + i * (s_min.log() - s_max.log()))
 
 
-class _Run:
-    """One sampling run: calls the model (counting the calls), clips x0 if asked, and keeps the
-    trajectory. Every sampler below is a short loop over `run.pairs`."""
-
-    def __init__(self, model, schedule, x_T, steps, spacing, clip_x0, progress, keep, cond):
-        check_tensor("x_T", x_T)
-        if x_T.ndim == 0:
-            raise ValueError("x_T must have a batch dimension (B, ...), got a 0-d tensor")
-        if not callable(model):
-            raise TypeError(f"model must be callable as model(x_t, t, **cond), got {model!r}")
-        self.model, self.schedule, self.cond = model, schedule, cond
-        self.clip_x0, self.keep, self.xs, self.x0s = clip_x0, keep, [], []
-        self.ts = solver_timesteps(schedule, steps, spacing).tolist()
-        pairs = list(zip(self.ts, self.ts[1:] + [-1], strict=True))
-        self.pairs = tqdm(pairs, disable=not progress, desc="sampling")
-        step = at_step(schedule, torch.arange(-1, schedule.T))  # index t + 1; t = -1: done
-        self._alpha, self._sigma = step.alpha.tolist(), step.edm_sigma.tolist()
-
-    def eps_x0(self, x: torch.Tensor, t: int, record: bool = True):
-        """The model's eps at (x, t) and the x0 it predicts (x0 clamped to [-1, 1] if asked)."""
-        batch_t = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        eps = self.model(x, batch_t, **self.cond)
-        if not isinstance(eps, torch.Tensor) or eps.shape != x.shape:
-            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
-            raise ValueError(
-                f"model output must be eps shaped like x_t {tuple(x.shape)}, got {got}"
-            )
-        x0 = x0_from_eps(self.schedule, x, t, eps)  # Ho et al. 2020, Eq. 15
-        if self.clip_x0:
-            x0 = x0.clamp(-1, 1)
-            eps = eps_from_x0(self.schedule, x, t, x0)
-        if record and self.keep:
-            self.xs.append(x.cpu())
-            self.x0s.append(x0.cpu())
-        return eps, x0
-
-    def alpha(self, t: int) -> float:
-        """sqrt(alpha_bar_t), 1 at t = -1."""
-        return self._alpha[t + 1]
-
-    def edm_sigma(self, t: int) -> float:
-        """EDM's sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), 0 at t = -1."""
-        return self._sigma[t + 1]
-
-    def result(self, x: torch.Tensor) -> torch.Tensor | Trajectory:
-        if not self.keep:
-            return x
-        timesteps = torch.tensor(self.ts, dtype=torch.long)
-        return Trajectory(x, timesteps, torch.stack(self.xs), torch.stack(self.x0s))
+def _start(model, schedule, x_T, steps, spacing, progress):
+    """Check the inputs; the (t, t_next) pairs to visit (with a progress bar), and alpha and EDM's
+    sigma as lists indexed by t, where index -1 ("done") reads the appended 1 and 0."""
+    check_tensor("x_T", x_T)
+    if x_T.ndim == 0:
+        raise ValueError("x_T must have a batch dimension (B, ...), got a 0-d tensor")
+    if not callable(model):
+        raise TypeError(f"model must be callable as model(x_t, t, **cond), got {model!r}")
+    ts = solver_timesteps(schedule, steps, spacing).tolist()
+    pairs = tqdm(list(zip(ts, ts[1:] + [-1], strict=True)), disable=not progress, desc="sampling")
+    step = at_step(schedule, torch.arange(schedule.T))
+    return pairs, step.alpha.tolist() + [1.0], step.edm_sigma.tolist() + [0.0]
 
 
 @torch.no_grad()
@@ -155,12 +117,13 @@ def euler_sample(
     Deterministic: `generator` is accepted so the call matches `ddim_sample`; nothing is drawn.
     Returns x_0 (B, ...), or a `Trajectory` when `return_trajectory`. `steps` network calls.
     """
-    run = _Run(model, schedule, x_T, steps, spacing, clip_x0, progress, return_trajectory, cond)
-    x = x_T
-    for t, t_next in run.pairs:
-        eps, _ = run.eps_x0(x, t)
+    pairs, _, _ = _start(model, schedule, x_T, steps, spacing, progress)
+    x, record = x_T, Recorder(return_trajectory)
+    for t, t_next in pairs:
+        eps, x0 = predict(model, schedule, x, t, cond, clip_x0)
+        record(t, x, x0)
         x = ddim_step(schedule, x, t, t_next, eps)  # x/alpha += (sigma' - sigma) eps (Eq. 3)
-    return run.result(x)
+    return record.result(x)
 
 
 @torch.no_grad()
@@ -184,17 +147,18 @@ def heun_sample(
     (Alg. 1, line 6), so a run makes 2 * steps - 1 network calls. Deterministic: `generator` is
     accepted so the call matches `ddim_sample`. Returns x_0 (B, ...), or a `Trajectory`.
     """
-    run = _Run(model, schedule, x_T, steps, spacing, clip_x0, progress, return_trajectory, cond)
-    x = x_T
-    for t, t_next in run.pairs:
-        eps, _ = run.eps_x0(x, t)  # d_i = (x - D(x; sigma_i)) / sigma_i = eps (Alg. 1, line 4)
+    pairs, alpha, sigma = _start(model, schedule, x_T, steps, spacing, progress)
+    x, record = x_T, Recorder(return_trajectory)
+    for t, t_next in pairs:
+        eps, x0 = predict(model, schedule, x, t, cond, clip_x0)  # d_i = eps (Alg. 1, line 4)
+        record(t, x, x0)
         x_next = ddim_step(schedule, x, t, t_next, eps)  # Euler step (Alg. 1, line 5)
         if t_next >= 0:
-            eps_next, _ = run.eps_x0(x_next, t_next, record=False)  # d'_i (Alg. 1, line 7)
-            h = run.edm_sigma(t_next) - run.edm_sigma(t)
-            x_next = x_next + run.alpha(t_next) * h / 2 * (eps_next - eps)  # Alg. 1, line 8
+            eps_next, _ = predict(model, schedule, x_next, t_next, cond, clip_x0)  # d'_i, line 7
+            h = sigma[t_next] - sigma[t]
+            x_next = x_next + alpha[t_next] * h / 2 * (eps_next - eps)  # Alg. 1, line 8
         x = x_next
-    return run.result(x)
+    return record.result(x)
 
 
 @torch.no_grad()
@@ -219,19 +183,20 @@ def dpmpp_2m_sample(
     calls; deterministic (`generator` is accepted so the call matches `ddim_sample`). Returns
     x_0 (B, ...), or a `Trajectory` when `return_trajectory`.
     """
-    run = _Run(model, schedule, x_T, steps, spacing, clip_x0, progress, return_trajectory, cond)
-    x, x0_prev, h_prev = x_T, None, None
-    for t, t_next in run.pairs:
-        eps, x0 = run.eps_x0(x, t)
+    pairs, alpha, sigma = _start(model, schedule, x_T, steps, spacing, progress)
+    x, record, x0_prev, h_prev = x_T, Recorder(return_trajectory), None, None
+    for t, t_next in pairs:
+        eps, x0 = predict(model, schedule, x, t, cond, clip_x0)
+        record(t, x, x0)
         x_next = ddim_step(schedule, x, t, t_next, eps)  # DPM-Solver++(1) = DDIM (Lu et al. Eq. 9)
         if t_next >= 0:
-            h = math.log(run.edm_sigma(t) / run.edm_sigma(t_next))  # h_i = lambda_i - lambda_{i-1}
+            h = math.log(sigma[t] / sigma[t_next])  # h_i = lambda_i - lambda_{i-1}
             if x0_prev is not None:  # Alg. 2: D_i = x0_i + (x0_i - x0_{i-1}) / (2 r_i)
                 d = (x0 - x0_prev) * (h / (2 * h_prev))  # r_i = h_{i-1} / h_i
-                x_next = x_next + run.alpha(t_next) * (1 - math.exp(-h)) * d  # Eq. 9, D_i for x0
+                x_next = x_next + alpha[t_next] * (1 - math.exp(-h)) * d  # Eq. 9, D_i for x0
             h_prev = h
         x, x0_prev = x_next, x0
-    return run.result(x)
+    return record.result(x)
 
 
 _CALLS = {  # network calls of a run with `steps` steps
