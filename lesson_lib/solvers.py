@@ -29,13 +29,14 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_choice, check_int, check_tensor
+from .checks import check_choice, check_int, check_number, check_real, check_tensor
 from .conventions import at_step
 from .samplers import Recorder, Trajectory, ddim_sample, ddim_step, ddim_timesteps, predict
 from .schedules import NoiseSchedule
 
 __all__ = [
     "SOLVER_SPACINGS",
+    "karras_sigmas",
     "solver_timesteps",
     "euler_sample",
     "heun_sample",
@@ -58,6 +59,18 @@ def _nearest_timesteps(schedule: NoiseSchedule, log_sigma: torch.Tensor) -> torc
     return v.clamp(max=schedule.T - 1).cummin(0).values - k
 
 
+def karras_sigmas(n: int, sigma_min, sigma_max, rho: float = RHO) -> torch.Tensor:
+    """EDM's n noise levels from sigma_max down to sigma_min, uniform in sigma^(1/rho)
+    (Karras et al. 2022, Eq. 5): (n,) float64."""
+    n = check_int("n", n, low=1)
+    sigma_min = check_number("sigma_min", sigma_min, low=0.0, low_open=True)
+    sigma_max = check_number("sigma_max", sigma_max, low=sigma_min)
+    rho = check_real("rho", rho, low=0.0, low_open=True)
+    i = torch.arange(n, dtype=torch.float64) / max(n - 1, 1)
+    root_max, root_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return (root_max + i * (root_min - root_max)) ** rho  # Eq. 5
+
+
 def solver_timesteps(
     schedule: NoiseSchedule, steps: int, spacing: str = "linspace"
 ) -> torch.Tensor:
@@ -78,8 +91,7 @@ def solver_timesteps(
     i = torch.linspace(0, 1, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1)
     s_max, s_min = at_step(schedule, torch.tensor([T - 1, 0])).edm_sigma
     if spacing == "karras":
-        root = s_max ** (1 / RHO) + i * (s_min ** (1 / RHO) - s_max ** (1 / RHO))  # Eq. 5
-        return _nearest_timesteps(schedule, RHO * root.log())
+        return _nearest_timesteps(schedule, karras_sigmas(steps, s_min, s_max).log())
     return _nearest_timesteps(schedule, s_max.log() + i * (s_min.log() - s_max.log()))
 
 

@@ -54,6 +54,22 @@ def ddim(x, t, tp, e, ab, eta, z, a_prev=None, sig=None, dir_=None, noise=None, 
     return math.sqrt(a_prev) * x0 + d * e + (s if noise is None else noise) * z
 
 
+def karras(n, lo, hi, rho, last=None):
+    """EDM's sigmas (Karras et al. 2022, Eq. 5), i / last with last = n - 1 unless given."""
+    i = torch.arange(n, dtype=torch.float64) / (n - 1 if last is None else last)
+    return (hi ** (1 / rho) + i * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+
+
+def vp(ab, t):
+    """sqrt(alpha_bar_t), 1 at t = -1."""
+    return 1.0 if t < 0 else float(ab[t]) ** 0.5
+
+
+def edm(ab, t):
+    """EDM's sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t), 0 at t = -1."""
+    return (1 / vp(ab, t) ** 2 - 1) ** 0.5
+
+
 def attention(q, k, v, mask, scale=None, mode="mask"):
     w = (q @ k.mT) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
     if mask is None or mode == "ignore":
@@ -223,6 +239,36 @@ WRONG = {
         lambda m, lv: 0.5 * kl_terms(m, lv, var=lv).reshape(len(m), -1).sum(1),
         lambda m, lv: 0.5 * kl_terms(m, lv, var=(0.5 * lv).exp()).reshape(len(m), -1).sum(1),
     ],
+    "flow_path": [
+        lambda x0, e, s: col(s, slice(None), x0) * x0 + (1 - col(s, slice(None), x0)) * e,
+        lambda x0, e, s: (
+            (1 - col(s, slice(None), x0)) ** 0.5 * x0 + col(s, slice(None), x0) ** 0.5 * e
+        ),
+        lambda x0, e, s: x0 + col(s, slice(None), x0) * e,
+    ],
+    "flow_from_vp": [
+        lambda x, t, ab: like(x, x / col(ab, t, x) ** 0.5),
+        lambda x, t, ab: like(x, x / (col(ab, t, x) + 1 - col(ab, t, x))),
+        lambda x, t, ab: like(x, x * (col(ab, t, x) ** 0.5 + (1 - col(ab, t, x)) ** 0.5)),
+    ],
+    "karras_sigmas": [
+        lambda n, lo, hi, rho=7.0: karras(n, lo, hi, rho).flip(0),
+        lambda n, lo, hi, rho=7.0: karras(n, lo, hi, 1 / rho),
+        lambda n, lo, hi, rho=7.0: karras(n, lo, hi, 1.0),
+        lambda n, lo, hi, rho=7.0: karras(n, lo, hi, rho, last=n),
+    ],
+    "euler_sigma_step": [
+        lambda x, t, tp, e, ab: x + (edm(ab, tp) - edm(ab, t)) * e,
+        lambda x, t, tp, e, ab: vp(ab, tp) * (x / vp(ab, t) + (edm(ab, t) - edm(ab, tp)) * e),
+        lambda x, t, tp, e, ab: (
+            vp(ab, tp)
+            * (x / vp(ab, t) + ((1 - vp(ab, tp) ** 2) ** 0.5 - (1 - vp(ab, t) ** 2) ** 0.5) * e)
+        ),
+        lambda x, t, tp, e, ab: (
+            float(ab[tp]) ** 0.5
+            * (x / vp(ab, t) + (((1 - ab[tp]) / ab[tp]).item() ** 0.5 - edm(ab, t)) * e)
+        ),
+    ],
 }
 MISTAKES = [(name, i) for name, answers in WRONG.items() for i in range(len(answers))]
 
@@ -345,7 +391,7 @@ def test_hint_solution_and_the_catalogue(capsys):
     assert "Hint for ddim_step" in capsys.readouterr().out
     solution("ddim_step")
     assert "def ddim_step(x_t, t, t_prev, eps, alpha_bar, eta, z):" in capsys.readouterr().out
-    assert {ex.notebook for ex in EXERCISES.values()} == {f"0{i}" for i in range(1, 9)}
+    assert {ex.notebook for ex in EXERCISES.values()} == {f"{i:02d}" for i in range(1, 11)}
     assert all(ex.name in ex.statement for ex in EXERCISES.values())
 
 

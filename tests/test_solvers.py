@@ -15,6 +15,7 @@ from lesson_lib.solvers import (
     dpmpp_2m_sample,
     euler_sample,
     heun_sample,
+    karras_sigmas,
     network_calls,
     solver_timesteps,
     steps_for_calls,
@@ -296,3 +297,12 @@ BAD = [
 def test_bad_input(call, error, name):
     with pytest.raises(error, match=rf"\b{name}\b"):
         call()
+
+
+def test_karras_sigmas_are_eq_5_from_sigma_max_to_sigma_min():
+    sigmas = karras_sigmas(5, 0.1, 10.0)  # Karras et al. 2022, Eq. 5 with rho = 7, by hand:
+    ramp = [10 ** (1 / 7) + i / 4 * (0.1 ** (1 / 7) - 10 ** (1 / 7)) for i in range(5)]
+    assert torch.allclose(sigmas, torch.tensor([r**7 for r in ramp], dtype=torch.float64))
+    assert sigmas[0] == pytest.approx(10.0) and sigmas[-1] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="sigma_max"):
+        karras_sigmas(5, 1.0, 0.5)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from . import latent, networks, noising, sampling, score
+from . import flows, latent, networks, noising, sampling, score
 from .core import CheckResult, Exercise, check_answer
 
 __all__ = ["EXERCISES", "CheckResult", "Exercise", "check", "hint", "solution"]
 
-_GROUPS = (noising, networks, sampling, score, latent)
+_GROUPS = (noising, networks, sampling, score, latent, flows)
 EXERCISES: dict[str, Exercise] = {ex.name: ex for group in _GROUPS for ex in group.EXERCISES}
 
 
