@@ -92,8 +92,16 @@ def _euler_cases() -> list[Case]:
     return out
 
 
-def _sigma(ab: float) -> float:
+def _edm_sigma(ab: float) -> float:
     return math.sqrt((1 - ab) / ab)
+
+
+def _euler(x, t, tp, e, ab, sigma=_edm_sigma, rescale=True, sign=1.0, done=True):
+    """euler_sigma_step with one classic mistake switched on: another sigma, no rescaling by
+    alpha, the step's sign flipped, or t_prev = -1 read as alpha_bar[-1] (``done=False``)."""
+    a, a_prev = ab[t].item(), ab[tp].item() if tp >= 0 or not done else 1.0
+    step = sign * (sigma(a_prev) - sigma(a)) * e
+    return x + step if not rescale else math.sqrt(a_prev) * (x / math.sqrt(a) + step)
 
 
 EXERCISES = (
@@ -213,46 +221,22 @@ EXERCISES = (
             Mistake(
                 "The step was taken in x_t itself: EDM's ODE is in x / alpha, so divide by "
                 "sqrt(alpha_bar_t) first and multiply by sqrt(alpha_bar_prev) after.",
-                lambda x, t, tp, e, ab: (
-                    x + (_sigma(ab[tp].item() if tp >= 0 else 1.0) - _sigma(ab[t].item())) * e
-                ),
+                lambda x, t, tp, e, ab: _euler(x, t, tp, e, ab, rescale=False),
             ),
             Mistake(
                 "The sign is flipped: sigma falls from t to t_prev, so the step is "
                 "(sigma_prev - sigma) * eps, a negative multiple of eps.",
-                lambda x, t, tp, e, ab: (
-                    math.sqrt(ab[tp].item() if tp >= 0 else 1.0)
-                    * (
-                        x / math.sqrt(ab[t].item())
-                        - (_sigma(ab[tp].item() if tp >= 0 else 1.0) - _sigma(ab[t].item())) * e
-                    )
-                ),
+                lambda x, t, tp, e, ab: _euler(x, t, tp, e, ab, sign=-1.0),
             ),
             Mistake(
                 "This sigma is the VP one, sqrt(1 - alpha_bar); EDM's is sqrt((1 - alpha_bar) / "
                 "alpha_bar), the noise level of x / alpha.",
-                lambda x, t, tp, e, ab: (
-                    math.sqrt(ab[tp].item() if tp >= 0 else 1.0)
-                    * (
-                        x / math.sqrt(ab[t].item())
-                        + (
-                            math.sqrt(1 - (ab[tp].item() if tp >= 0 else 1.0))
-                            - math.sqrt(1 - ab[t].item())
-                        )
-                        * e
-                    )
-                ),
+                lambda x, t, tp, e, ab: _euler(x, t, tp, e, ab, sigma=lambda a: math.sqrt(1 - a)),
             ),
             Mistake(
                 "t_prev = -1 means done, where alpha_bar = 1; alpha_bar[-1] is the last entry "
                 "of the table, the noisiest step.",
-                lambda x, t, tp, e, ab: (
-                    math.sqrt(ab[tp].item())
-                    * (
-                        x / math.sqrt(ab[t].item())
-                        + (_sigma(ab[tp].item()) - _sigma(ab[t].item())) * e
-                    )
-                ),
+                lambda x, t, tp, e, ab: _euler(x, t, tp, e, ab, done=False),
             ),
         ),
         hint="sigma = sqrt((1 - alpha_bar) / alpha_bar) at t and at t_prev (0 at t_prev = -1); "
