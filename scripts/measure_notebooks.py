@@ -91,7 +91,10 @@ def run_one(path: Path, timeout: int) -> dict:
     try:
         client.execute()
     except Exception as err:  # a failing cell: record it, keep measuring the others
-        error = f"{type(err).__name__}: {str(err).strip().splitlines()[-1][:300]}"
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # without the terminal colours
+        lines = [line.strip() for line in plain.splitlines() if line.strip()]
+        failing = [line for line in lines if line.startswith("---->")]  # the failing line
+        error = " | ".join([*failing[-1:], lines[-1]])[:400] if lines else type(err).__name__
     seconds = time.perf_counter() - start
     devices = set()
     for cell in nb.cells:
@@ -206,7 +209,9 @@ def main() -> None:
         )
         for path in paths:
             print(f"{path.name} ...", flush=True)
+            before = load_average()
             times["notebooks"][path.name] = entry = run_one(path, args.timeout)
+            entry["load_average_before"] = before
             entry["load_average_after"] = load_average()
             print(
                 f"  {format_seconds(entry)} on {entry['device']}  load {entry['load_average_after']}"
@@ -214,10 +219,13 @@ def main() -> None:
             times["notebooks"] = dict(sorted(times["notebooks"].items()))
             save_json_atomic(times, args.out)
         times["load_average_after"] = load_average()
-        busy = max(times["load_average_before"][0], times["load_average_after"][0])
+        loads = [times["load_average_before"][0], times["load_average_after"][0]]
+        for entry in times["notebooks"].values():  # every notebook's, measured now or before
+            loads += [entry.get("load_average_before", [0])[0], entry["load_average_after"][0]]
+        busy = max(loads)
         cores = times["machine"]["cores"]
         times["where"] = args.where or (
-            f"a busy shared {cores}-core CPU (load average {busy:.1f} on {cores} cores)"
+            f"a busy shared {cores}-core CPU (1-minute load average up to {busy:.1f} while measuring)"
             if busy > 0.5 * cores
             else f"an otherwise idle {cores}-core CPU (load average {busy:.1f})"
         )

@@ -125,3 +125,60 @@ MODULES = sorted((ROOT / "lesson_lib").rglob("*.py"))
 @pytest.mark.parametrize("path", MODULES, ids=[str(p.relative_to(ROOT)) for p in MODULES])
 def test_every_module_fits_in_300_lines(path):
     assert len(path.read_text().splitlines()) <= 300
+
+
+def _measure_notebooks():
+    """scripts/measure_notebooks.py as a module: the one place the run-time text is made."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "measure_notebooks", ROOT / "scripts" / "measure_notebooks.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _notebook_times() -> dict:
+    return json.loads((ROOT / "docs" / "notebook_times.json").read_text())
+
+
+def test_every_notebook_has_a_measured_run_time():
+    times = _notebook_times()
+    course = [p.name for p in NOTEBOOKS if p.name[:2].isdigit()]
+    missing = [name for name in course if name not in times["notebooks"]]
+    assert not missing, (
+        f"{missing} have no run time in docs/notebook_times.json: "
+        "run python scripts/measure_notebooks.py NAME"
+    )
+    assert times["machine"]["cores"] and times["where"] and times["load_average_before"]
+    failed = [name for name, entry in times["notebooks"].items() if not entry["ok"]]
+    assert not failed, f"{failed} failed when measured: {times['notebooks']}"
+
+
+def test_readme_run_times_are_the_measured_ones():
+    measure, times = _measure_notebooks(), _notebook_times()
+    readme = (ROOT / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if measure.ROW.match(line)]
+    listed = {measure.ROW.match(line)["name"] for line in rows}
+    assert listed >= set(times["notebooks"]), (
+        f"README's course table lacks rows for {sorted(set(times['notebooks']) - listed)}"
+    )
+    assert measure.readme_with_times(readme, times) == readme, (
+        "README.md's run times differ from docs/notebook_times.json: run "
+        "python scripts/measure_notebooks.py --text-only"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_header_run_time_is_the_measured_one(path):
+    measure, times = _measure_notebooks(), _notebook_times()
+    header = json.loads(path.read_text())["cells"][0]["source"]
+    header = "".join(header) if isinstance(header, list) else header
+    if not measure.HEADER.search(header):
+        pytest.skip(f"{path.name}'s header has no '**Run time:**' line")
+    entry = times["notebooks"][path.name]
+    assert measure.header_with_time(header, entry, times) == header, (
+        f"{path.name}: the header's run time differs from docs/notebook_times.json: run "
+        "python scripts/measure_notebooks.py --text-only"
+    )
