@@ -114,6 +114,7 @@ class Lab:
         self.url = f"http://127.0.0.1:{self.port}"
         work = root / "notebooks"
         shutil.copytree(ROOT / "notebooks", work)
+        (root / "docs").symlink_to(ROOT / "docs")  # the notebooks read ../docs as in the repo
         settings = root / "settings"
         for plugin, values in LAB_SETTINGS.items():
             path = settings / f"{plugin}.jupyterlab-settings"
