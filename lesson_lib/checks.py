@@ -163,3 +163,14 @@ def check_number(name: str, value, **bounds) -> float:
             )
         value = value.item()
     return check_real(name, value, **bounds)
+
+
+def check_points(name: str, x, dim: int) -> torch.Tensor:
+    """Raise unless ``x`` is a floating tensor of points, shape ``(B, dim)``; return it."""
+    check_tensor(name, x)
+    if x.ndim != 2 or x.shape[1] != dim or not x.dtype.is_floating_point:
+        raise ValueError(
+            f"{name} must be a float tensor of shape (B, {dim}), "
+            f"got shape {tuple(x.shape)} and dtype {x.dtype}"
+        )
+    return x

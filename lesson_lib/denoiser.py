@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import SinusoidalTimeEmbedding
-from .checks import check_int, check_real, check_tensor, check_timesteps
+from .checks import check_int, check_points, check_real, check_timesteps
 
 __all__ = ["MLPDenoiser"]
 
@@ -58,12 +58,7 @@ class MLPDenoiser(nn.Module):
         self.out = nn.Linear(hidden, dim)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        check_tensor("x_t", x_t)
-        if x_t.ndim != 2 or x_t.shape[1] != self.dim or not x_t.dtype.is_floating_point:
-            raise ValueError(
-                f"x_t must be a float tensor of shape (B, {self.dim}), "
-                f"got shape {tuple(x_t.shape)} and dtype {x_t.dtype}"
-            )
+        check_points("x_t", x_t, self.dim)
         t = check_timesteps("t", t, self.T, x_t.shape[0])
         angle = 2 * math.pi * x_t @ self.freqs.to(x_t.dtype)  # (B, fourier)
         h = self.inp(torch.cat([x_t, angle.sin(), angle.cos()], dim=-1))  # (B, hidden)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .blocks import SinusoidalTimeEmbedding
-from .checks import check_flow_times, check_int, check_tensor
+from .checks import check_flow_times, check_int, check_points, check_tensor
 from .flow import euler_sample
 from .mixture import GaussianMixture
 
@@ -40,10 +40,7 @@ class VelocityMLP(nn.Module):
         self.net = nn.Sequential(*layers, nn.SiLU(), nn.Linear(hidden, dim))
 
     def forward(self, x_s: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        check_tensor("x_s", x_s)
-        if x_s.ndim != 2 or x_s.shape[1] != self.dim or not x_s.dtype.is_floating_point:
-            got = f"{tuple(x_s.shape)}, {x_s.dtype}"
-            raise ValueError(f"x_s must be a float tensor of shape (B, {self.dim}), got {got}")
+        check_points("x_s", x_s, self.dim)
         check_flow_times("s", s, batch=x_s.shape[0])
         emb = self.time(s * 1000).to(x_s.dtype)  # (B, time_dim)
         return self.net(torch.cat([x_s, emb], dim=1))  # (B, dim)

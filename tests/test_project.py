@@ -175,8 +175,7 @@ def test_notebook_header_run_time_is_the_measured_one(path):
     measure, times = _measure_notebooks(), _notebook_times()
     header = json.loads(path.read_text())["cells"][0]["source"]
     header = "".join(header) if isinstance(header, list) else header
-    if not measure.HEADER.search(header):
-        pytest.skip(f"{path.name}'s header has no '**Run time:**' line")
+    assert measure.HEADER.search(header), f"{path.name}'s header has no '**Run time:**' line"
     entry = times["notebooks"][path.name]
     assert measure.header_with_time(header, entry, times) == header, (
         f"{path.name}: the header's run time differs from docs/notebook_times.json: run "
