@@ -124,8 +124,7 @@ def header_line(entry: dict, times: dict) -> str:
     where = times["where"]
     return (
         f"**Run time:** {format_seconds(entry)} top to bottom, measured by "
-        f"`scripts/measure_notebooks.py` on {where} (`docs/notebook_times.json`); an idle machine "
-        "or a GPU is faster."
+        f"`scripts/measure_notebooks.py` on {where} (`docs/notebook_times.json`)."
     )
 
 
@@ -135,8 +134,7 @@ def readme_note(times: dict) -> str:
         f"Run times: one run of each notebook top to bottom in a fresh kernel, measured by "
         f"`python scripts/measure_notebooks.py` on {times['measured']} ({m['cpu']}, {m['cores']} "
         f"cores, torch {m['torch']} with {m['torch_threads']} threads, OMP_NUM_THREADS "
-        f"{m['OMP_NUM_THREADS']}). {times['where'][0].upper() + times['where'][1:]}: expect less "
-        "on an idle laptop, far less on a GPU."
+        f"{m['OMP_NUM_THREADS']}). {times['where'][0].upper() + times['where'][1:]}."
     )
 
 
@@ -224,10 +222,12 @@ def main() -> None:
             loads += [entry.get("load_average_before", [0])[0], entry["load_average_after"][0]]
         busy = max(loads)
         cores = times["machine"]["cores"]
+        # A notebook's own threads load every core: only a load above the core count is others'.
         times["where"] = args.where or (
             f"a busy shared {cores}-core CPU (1-minute load average up to {busy:.1f} while measuring)"
-            if busy > 0.5 * cores
-            else f"an otherwise idle {cores}-core CPU (load average {busy:.1f})"
+            if busy > cores
+            else f"an otherwise idle {cores}-core CPU (1-minute load average up to {busy:.1f}, "
+            "the notebooks' own)"
         )
         if times["machine"]["cuda"]:
             times["where"] = args.where or f"one {times['machine']['cuda']} GPU"
