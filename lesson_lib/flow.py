@@ -30,7 +30,7 @@ from .checks import check_flow_times, check_real, check_shape, check_tensor
 from .conventions import at_step, velocity_from_eps
 from .forward import noise_like
 from .guidance import drop_labels
-from .samplers import Trajectory
+from .samplers import Recorder, Trajectory
 from .schedules import NoiseSchedule, as_timesteps, broadcast_like
 
 __all__ = ["flow_path", "flow_loss", "euler_sample", "vp_to_flow", "flow_times", "from_eps_model"]
@@ -100,7 +100,7 @@ def euler_sample(
     if x_1.ndim == 0:
         raise ValueError("x_1 must have a batch dimension (B, ...), got a 0-d tensor")
     s = _check_times(s)
-    x, xs, x0s = x_1, [], []
+    x, record = x_1, Recorder(return_trajectory)
     for s_now, s_next in tqdm(
         list(zip(s[:-1], s[1:], strict=True)), disable=not progress, desc="sampling"
     ):
@@ -115,13 +115,9 @@ def euler_sample(
         if clip_x0:
             x0 = x0.clamp(-1, 1)
             v = (x - x0) / float(s_now)
-        if return_trajectory:
-            xs.append(x.cpu())
-            x0s.append(x0.cpu())
+        record(s_now, x, x0)
         x = x + float(s_next - s_now) * v  # Euler step
-    if not return_trajectory:
-        return x
-    return Trajectory(x, s[:-1], torch.stack(xs), torch.stack(x0s))
+    return record.result(x)
 
 
 def vp_to_flow(schedule: NoiseSchedule, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:

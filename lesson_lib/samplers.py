@@ -157,8 +157,8 @@ def predict(
 
 
 class Recorder:
-    """Collects each step's input and predicted x0 when ``keep``; ``result(x)`` is then a
-    `Trajectory`, otherwise just x."""
+    """Collects each step's time (an int timestep, or a flow time as a 0-d tensor), input and
+    predicted x0 when ``keep``; ``result(x)`` is then a `Trajectory`, otherwise just x."""
 
     def __init__(self, keep: bool):
         self.keep, self.times, self.xs, self.x0s = keep, [], [], []
@@ -172,7 +172,8 @@ class Recorder:
     def result(self, x: torch.Tensor) -> torch.Tensor | Trajectory:
         if not self.keep:
             return x
-        return Trajectory(x, torch.tensor(self.times), torch.stack(self.xs), torch.stack(self.x0s))
+        times = torch.stack([torch.as_tensor(t) for t in self.times])  # long, or float64 s
+        return Trajectory(x, times, torch.stack(self.xs), torch.stack(self.x0s))
 
 
 def _check_start(x_T) -> torch.Tensor:
