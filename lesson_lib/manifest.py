@@ -27,6 +27,7 @@ __all__ = [
     "read_manifest",
     "write_manifest",
     "read_entry",
+    "read_run_entry",
     "verified_file",
     "load_state",
     "record_quality",
@@ -93,18 +94,28 @@ def write_manifest(entries: dict[str, ModelEntry]) -> None:
 
 def read_entry(name: str) -> ModelEntry:
     """The entry of the shipped model ``name``; a ValueError lists the known names."""
-    entries = read_manifest()
+    return _lookup(read_manifest(), name)
+
+
+def _lookup(entries: dict[str, ModelEntry], name: str) -> ModelEntry:
     if name not in entries:
         known = ", ".join(sorted(entries)) or f"none ({MANIFEST} is missing)"
         raise ValueError(f"name={name!r} is not a shipped model: known {known}")
     return entries[name]
 
 
-def verified_file(name: str, key: str = "file") -> Path:
+def read_run_entry(run: str | Path) -> ModelEntry:
+    """The entry a training run wrote to ``DIR/info.json``."""
+    run = Path(run)
+    return ModelEntry.from_json(str(run), json.loads((run / RUN_INFO).read_text()))
+
+
+def verified_file(entry: ModelEntry, key: str = "file") -> Path:
     """The path of a shipped file (``key``: "file" or "history") after checking its sha256."""
-    entry = read_entry(name)
     if getattr(entry, key) is None:
-        raise ValueError(f"the shipped model {name!r} has no {key} file (manifest: {MANIFEST})")
+        raise ValueError(
+            f"the shipped model {entry.recipe!r} has no {key} file (manifest: {MANIFEST})"
+        )
     path = WEIGHTS / getattr(entry, key)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; restore it with `git checkout -- {path}`")
@@ -117,15 +128,15 @@ def verified_file(name: str, key: str = "file") -> Path:
     return path
 
 
-def load_state(name: str, key: str = "file") -> dict:
+def load_state(entry: ModelEntry, key: str = "file") -> dict:
     """A shipped file's contents (a state dict, or the history's tensors), verified by sha256."""
-    return torch.load(verified_file(name, key), map_location="cpu", weights_only=True)
+    return torch.load(verified_file(entry, key), map_location="cpu", weights_only=True)
 
 
 def record_quality(name: str, quality: dict) -> None:
     """Set the measured quality of the shipped model ``name`` in the manifest."""
     entries = read_manifest()
-    entries[name] = replace(read_entry(name), quality=quality)
+    entries[name] = replace(_lookup(entries, name), quality=quality)
     write_manifest(entries)
 
 
@@ -133,7 +144,7 @@ def ship(run: str | Path) -> None:
     """Copy a finished run's files into lesson_lib/weights and record them in the manifest,
     under the name of the recipe that trained them (the quality is measured afterwards)."""
     run = Path(run)
-    entry = ModelEntry.from_json(str(run), json.loads((run / RUN_INFO).read_text()))
+    entry = read_run_entry(run)
     files = {}
     for key, src in [("file", run / "model.pt"), ("history", run / "history.pt")]:
         if src.exists():

@@ -7,14 +7,13 @@ Where the weights come from, how they were trained and how good they are is in t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .manifest import RUN_INFO, ModelEntry, load_state, read_entry
+from .manifest import RUN_INFO, ModelEntry, load_state, read_entry, read_run_entry
 from .recipes import get_recipe
 from .schedules import NoiseSchedule
 
@@ -39,7 +38,8 @@ def _build(entry: ModelEntry, state: dict, device) -> Pretrained:
 
 def load(name: str, device: torch.device | str = "cpu") -> Pretrained:
     """Load the shipped model ``name`` ("mnist", "mnist_classifier", ...), verified by sha256."""
-    return _build(read_entry(name), load_state(name), device)
+    entry = read_entry(name)
+    return _build(entry, load_state(entry), device)
 
 
 def load_run(run: str | Path, device: torch.device | str = "cpu") -> Pretrained:
@@ -51,7 +51,7 @@ def load_run(run: str | Path, device: torch.device | str = "cpu") -> Pretrained:
             raise FileNotFoundError(
                 f"run={str(run)!r} has no {needed}: give the --out folder of a finished run"
             )
-    entry = ModelEntry.from_json(str(run), json.loads((run / RUN_INFO).read_text()))
+    entry = read_run_entry(run)
     return _build(
         entry, torch.load(run / "model.pt", map_location="cpu", weights_only=True), device
     )
@@ -60,4 +60,4 @@ def load_run(run: str | Path, device: torch.device | str = "cpu") -> Pretrained:
 def history(name: str) -> dict[str, torch.Tensor]:
     """Sample grids saved while ``name`` trained: ``{"steps": (K,), "images": (K, N, 1, 28, 28)}``
     (uint8), the same starting noise at every snapshot."""
-    return load_state(name, "history")
+    return load_state(read_entry(name), "history")

@@ -20,7 +20,7 @@ from .guidance import cfg
 from .latent import LatentDiffusion, latent_diffusion_loss
 from .loop import TrainConfig
 from .losses import diffusion_loss
-from .manifest import load_state
+from .manifest import load_state, read_entry
 from .samplers import ddim_sample
 from .schedules import NoiseSchedule
 from .text import TextEncoderConfig
@@ -39,7 +39,7 @@ def encoded_mnist(batch_size: int = 500) -> list[torch.Tensor]:
     """The bundled 4,500 training digits encoded once by the shipped ``"mnist_autoencoder"``:
     [scaled latents (4500, c, 7, 7), labels (4500,)], the data of the recipe ``"mnist_latent"``."""
     autoencoder = AutoEncoder(AUTOENCODER)
-    autoencoder.load_state_dict(load_state("mnist_autoencoder"))
+    autoencoder.load_state_dict(load_state(read_entry("mnist_autoencoder")))
     images, labels = bundled_train()
     latents = torch.cat([autoencoder.eval().encode(chunk) for chunk in images.split(batch_size)])
     return [latents, labels]

@@ -127,12 +127,13 @@ def main() -> None:
     latent = load("mnist_latent", device)
     pixel = load("mnist", device).model
     classifier = load("mnist_classifier", device).model
+    entries = read_manifest()
     results: dict = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
-        "weights_sha256": {name: read_manifest()[name].file_sha256 for name in MODELS},
+        "weights_sha256": {name: entries[name].file_sha256 for name in MODELS},
     }
 
     print("3. reconstruction of the 500 held-out digits")

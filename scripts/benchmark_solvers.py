@@ -34,6 +34,7 @@ from lesson_lib.atomic import save_json_atomic
 from lesson_lib.data import load_mnist
 from lesson_lib.guidance import cfg
 from lesson_lib.pretrained import load
+from lesson_lib.quality import FrechetReference, quality_report
 from lesson_lib.samplers import ddim_sample
 from lesson_lib.solvers import (
     dpmpp_2m_sample,
@@ -45,7 +46,7 @@ from lesson_lib.solvers import (
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from benchmark_models import FrechetReference, quality_report  # noqa: E402 (the same scoring)
+from benchmark_models import fixed_noise  # noqa: E402 (the same noises and labels)
 
 SAMPLERS = {  # name: (sampler, spacing)
     "DDIM": (ddim_sample, "leading"),  # the course's default
@@ -68,8 +69,7 @@ def measure(args) -> None:
     reference = FrechetReference(classifier, train, heldout)
     shipped = load("mnist")
     model, schedule = shipped.model, shipped.schedule
-    noise = torch.randn(args.samples, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    labels = torch.arange(10).repeat_interleave(args.samples // 10)  # as benchmark_models
+    noise, labels = fixed_noise(args.samples, "cpu")  # the noises benchmark_models scores
     kinds = {"guided_w3": (cfg(model, 3.0), {"y": labels}), "unguided": (model, {})}
     runs = [REFERENCE] + [(name, calls) for calls in args.calls for name in SAMPLERS]
     results = {
