@@ -24,6 +24,7 @@ from .schedules import NoiseSchedule, as_timesteps, broadcast_like
 __all__ = [
     "ddpm_step",
     "ddim_step",
+    "ddim_update",
     "ddim_timesteps",
     "ddpm_sample",
     "ddim_sample",
@@ -71,8 +72,19 @@ def ddpm_step(
     return _ddpm_update(schedule, x_t, t, x0_from_eps(schedule, x_t, t, eps), noise, generator)
 
 
-def _ddim_update(schedule, x_t, t, t_prev, x0, eps, eta, noise, generator) -> torch.Tensor:
-    """x_{t_prev} from the predicted x0 and eps (Song et al. 2021, Eq. 12); t, t_prev (B,)."""
+def ddim_update(
+    schedule: NoiseSchedule,
+    x_t: torch.Tensor,
+    t,
+    t_prev,
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """x_{t_prev} from an already predicted x0 and eps (Song et al. 2021, Eq. 12), unchecked:
+    the loops' step. t, t_prev: ints or LongTensors (B,) on the CPU, t_prev = -1 for "done"."""
     # float64 (B,) coefficients; alpha_bar at t_prev = -1 is 1 (index 0 of the padded table).
     ab_t = schedule.alpha_bar[t]
     ab_prev = torch.cat([schedule.alpha_bar.new_ones(1), schedule.alpha_bar])[t_prev + 1]
@@ -108,7 +120,7 @@ def ddim_step(
     if bool((t_prev >= t).any()):
         raise ValueError(f"t_prev={t_prev.tolist()} must be smaller than t={t.tolist()}")
     x0 = x0_from_eps(schedule, x_t, t, eps)  # "predicted x0", Eq. 12
-    return _ddim_update(schedule, x_t, t, t_prev, x0, eps, eta, noise, generator)
+    return ddim_update(schedule, x_t, t, t_prev, x0, eps, eta, noise, generator)
 
 
 def ddim_timesteps(T: int, steps: int, spacing: str = "leading") -> torch.Tensor:
@@ -241,5 +253,5 @@ def ddim_sample(
         eps, x0 = predict(model, schedule, x, t, cond, clip_x0)
         record(t, x, x0)
         t_b, t_prev_b = torch.full((B,), t), torch.full((B,), t_prev)
-        x = _ddim_update(schedule, x, t_b, t_prev_b, x0, eps, eta, None, generator)
+        x = ddim_update(schedule, x, t_b, t_prev_b, x0, eps, eta, None, generator)
     return record.result(x)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .checks import check_choice, check_int, check_number, check_real, check_tensor
 from .conventions import at_step
-from .samplers import Recorder, Trajectory, ddim_sample, ddim_step, ddim_timesteps, predict
+from .samplers import Recorder, Trajectory, ddim_sample, ddim_timesteps, ddim_update, predict
 from .schedules import NoiseSchedule
 
 __all__ = [
@@ -134,7 +134,7 @@ def euler_sample(
     for t, t_next in pairs:
         eps, x0 = predict(model, schedule, x, t, cond, clip_x0)
         record(t, x, x0)
-        x = ddim_step(schedule, x, t, t_next, eps)  # x/alpha += (sigma' - sigma) eps (Eq. 3)
+        x = ddim_update(schedule, x, t, t_next, x0, eps)  # x/alpha += (sigma' - sigma) eps, Eq. 3
     return record.result(x)
 
 
@@ -164,7 +164,7 @@ def heun_sample(
     for t, t_next in pairs:
         eps, x0 = predict(model, schedule, x, t, cond, clip_x0)  # d_i = eps (Alg. 1, line 4)
         record(t, x, x0)
-        x_next = ddim_step(schedule, x, t, t_next, eps)  # Euler step (Alg. 1, line 5)
+        x_next = ddim_update(schedule, x, t, t_next, x0, eps)  # Euler step (Alg. 1, line 5)
         if t_next >= 0:
             eps_next, _ = predict(model, schedule, x_next, t_next, cond, clip_x0)  # d'_i, line 7
             h = sigma[t_next] - sigma[t]
@@ -200,7 +200,7 @@ def dpmpp_2m_sample(
     for t, t_next in pairs:
         eps, x0 = predict(model, schedule, x, t, cond, clip_x0)
         record(t, x, x0)
-        x_next = ddim_step(schedule, x, t, t_next, eps)  # DPM-Solver++(1) = DDIM (Lu et al. Eq. 9)
+        x_next = ddim_update(schedule, x, t, t_next, x0, eps)  # DPM-Solver++(1) = DDIM, Eq. 9
         if t_next >= 0:
             h = math.log(sigma[t] / sigma[t_next])  # h_i = lambda_i - lambda_{i-1}
             if x0_prev is not None:  # Alg. 2: D_i = x0_i + (x0_i - x0_{i-1}) / (2 r_i)
