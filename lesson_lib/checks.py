@@ -55,6 +55,14 @@ def check_tensor(name: str, value) -> torch.Tensor:
     return value
 
 
+def check_batched(name: str, value) -> torch.Tensor:
+    """Raise unless ``value`` is a tensor with a batch dimension, (B, ...); return it."""
+    check_tensor(name, value)
+    if value.ndim == 0:
+        raise ValueError(f"{name} must have a batch dimension (B, ...), got a 0-d tensor")
+    return value
+
+
 def check_shape(name: str, value: torch.Tensor, shape) -> None:
     """Raise unless ``value`` has exactly ``shape``."""
     check_tensor(name, value)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from .checks import check_shape, check_tensor
+from .checks import check_batched, check_shape
 from .param import x0_from_eps
 from .schedules import NoiseSchedule, as_timesteps, broadcast_like
 
@@ -105,9 +105,7 @@ def from_edm_sigma(edm_sigma) -> Step:
 
 def _scales(schedule: NoiseSchedule, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
     """alpha and sigma at t, shaped (B, 1, ..., 1) like x."""
-    check_tensor("x_t", x)
-    if x.ndim == 0:
-        raise ValueError("x_t must have a batch dimension (B, ...), got a 0-d tensor")
+    check_batched("x_t", x)
     t = as_timesteps("t", t, schedule.T, x.shape[0])
     step = at_step(schedule, t)
     return broadcast_like(step.alpha, x), broadcast_like(step.sigma, x)

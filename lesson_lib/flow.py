@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checks import check_flow_times, check_real, check_shape, check_tensor
+from .checks import check_batched, check_flow_times, check_real, check_shape, check_tensor
 from .conventions import at_step, velocity_from_eps
 from .forward import noise_like
 from .guidance import drop_labels
@@ -96,9 +96,7 @@ def euler_sample(
     with the velocity that x0 implies). The trajectory's ``timesteps`` holds the N flow times
     visited (float64), ``x_t`` each step's input and ``x0_pred`` each x - s v.
     """
-    check_tensor("x_1", x_1)
-    if x_1.ndim == 0:
-        raise ValueError("x_1 must have a batch dimension (B, ...), got a 0-d tensor")
+    check_batched("x_1", x_1)
     s = _check_times(s)
     x, record = x_1, Recorder(return_trajectory)
     for s_now, s_next in tqdm(
@@ -124,9 +122,7 @@ def vp_to_flow(schedule: NoiseSchedule, x_t: torch.Tensor, t) -> tuple[torch.Ten
     """The VP sample x_t (B, ...) at timesteps t (int or LongTensor (B,); -1 = data) in flow
     coordinates: x_s = x_t / (alpha + sigma) at s = sigma / (alpha + sigma), s (B,) float64
     (Gao et al. 2025)."""
-    check_tensor("x_t", x_t)
-    if x_t.ndim == 0:
-        raise ValueError("x_t must have a batch dimension (B, ...), got a 0-d tensor")
+    check_batched("x_t", x_t)
     step = at_step(schedule, as_timesteps("t", t, schedule.T, x_t.shape[0], low=-1))
     return x_t / broadcast_like(step.alpha + step.sigma, x_t), step.s
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_choice, check_int, check_real, check_shape, check_tensor
+from .checks import check_batched, check_choice, check_int, check_real, check_shape, check_tensor
 from .forward import noise_like, q_posterior
 from .param import eps_from_x0, x0_from_eps
 from .schedules import NoiseSchedule, as_timesteps, broadcast_like
@@ -188,13 +188,6 @@ class Recorder:
         return Trajectory(x, times, torch.stack(self.xs), torch.stack(self.x0s))
 
 
-def _check_start(x_T) -> torch.Tensor:
-    check_tensor("x_T", x_T)
-    if x_T.ndim == 0:
-        raise ValueError("x_T must have a batch dimension (B, ...), got a 0-d tensor")
-    return x_T
-
-
 @torch.no_grad()
 def ddpm_sample(
     model: Callable,
@@ -212,7 +205,7 @@ def ddpm_sample(
     `cond` goes to the model (e.g. `y=labels`); `clip_x0` clamps each predicted x0 to [-1, 1].
     Returns x_0 (B, ...), or a `Trajectory` when `return_trajectory`.
     """
-    x, record = _check_start(x_T), Recorder(return_trajectory)
+    x, record = check_batched("x_T", x_T), Recorder(return_trajectory)
     for t in tqdm(range(schedule.T - 1, -1, -1), disable=not progress, desc="sampling"):
         _, x0 = predict(model, schedule, x, t, cond, clip_x0)
         record(t, x, x0)
@@ -245,7 +238,7 @@ def ddim_sample(
     """
     eta = check_real("eta", eta, low=0.0)
     ts = ddim_timesteps(schedule.T, steps, spacing).tolist()
-    x, record = _check_start(x_T), Recorder(return_trajectory)
+    x, record = check_batched("x_T", x_T), Recorder(return_trajectory)
     B = x.shape[0]
     for t, t_prev in tqdm(
         list(zip(ts, ts[1:] + [-1], strict=True)), disable=not progress, desc="sampling"

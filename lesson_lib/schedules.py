@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checks import check_int, check_real, check_tensor, check_timesteps, is_integer
+from .checks import check_batched, check_int, check_real, check_tensor, check_timesteps, is_integer
 
 __all__ = ["NoiseSchedule", "linear_betas", "cosine_betas", "broadcast_like", "as_timesteps"]
 
@@ -156,9 +156,7 @@ class NoiseSchedule:
         values: an attribute name ("alpha_bar", ...) or any float64 table (T,), e.g.
         `schedule.alpha_bar.sqrt()`; t: LongTensor (B,) or an int for the whole batch.
         """
-        check_tensor("x", x)
-        if x.ndim == 0:
-            raise ValueError("x must have a batch dimension (B, ...), got a 0-d tensor")
+        check_batched("x", x)
         table = getattr(self, values) if isinstance(values, str) else values
         t = as_timesteps("t", t, self.T, x.shape[0])
         return broadcast_like(table[t], x)

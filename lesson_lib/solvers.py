@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .checks import check_choice, check_int, check_number, check_real, check_tensor
+from .checks import check_batched, check_choice, check_int, check_number, check_real
 from .conventions import at_step
 from .samplers import Recorder, Trajectory, ddim_sample, ddim_timesteps, ddim_update, predict
 from .schedules import NoiseSchedule
@@ -98,9 +98,7 @@ def solver_timesteps(
 def _start(model, schedule, x_T, steps, spacing, progress):
     """Check the inputs; the (t, t_next) pairs to visit (with a progress bar), and alpha and EDM's
     sigma as lists indexed by t, where index -1 ("done") reads the appended 1 and 0."""
-    check_tensor("x_T", x_T)
-    if x_T.ndim == 0:
-        raise ValueError("x_T must have a batch dimension (B, ...), got a 0-d tensor")
+    check_batched("x_T", x_T)
     if not callable(model):
         raise TypeError(f"model must be callable as model(x_t, t, **cond), got {model!r}")
     ts = solver_timesteps(schedule, steps, spacing).tolist()
