@@ -13,7 +13,8 @@ All three solve the probability-flow ODE of a course eps-model. In EDM's variabl
     d(x_t / alpha) / d edm_sigma = eps(x_t, t)    (Karras et al. 2022, Eq. 3; Song et al. 2021, Eq. 14)
 
 Euler's method on it is DDIM with eta = 0 (`lesson_lib.samplers.ddim_step`); Heun adds a second
-evaluation at the next grid point; DPM-Solver++(2M) reuses the previous step's x0 instead.
+evaluation at the next grid point; DPM-Solver++(2M) reuses the previous step's x0 instead. Each
+is one small step function; `_solver` wraps it in the loop the three share.
 
 Every network call is at one of the schedule's integer timesteps, the same step for the whole
 batch. `solver_timesteps` picks them; the last step goes to t = -1, where alpha_bar = 1. The noise
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -95,118 +97,124 @@ def solver_timesteps(
     return _nearest_timesteps(schedule, s_max.log() + i * (s_min.log() - s_max.log()))
 
 
-def _start(model, schedule, x_T, steps, spacing, progress):
-    """Check the inputs; the (t, t_next) pairs to visit (with a progress bar), and alpha and EDM's
-    sigma as lists indexed by t, where index -1 ("done") reads the appended 1 and 0."""
-    check_batched("x_T", x_T)
-    if not callable(model):
-        raise TypeError(f"model must be callable as model(x_t, t, **cond), got {model!r}")
-    ts = solver_timesteps(schedule, steps, spacing).tolist()
-    pairs = tqdm(list(zip(ts, ts[1:] + [-1], strict=True)), disable=not progress, desc="sampling")
-    step = at_step(schedule, torch.arange(schedule.T))
-    return pairs, step.alpha.tolist() + [1.0], step.edm_sigma.tolist() + [0.0]
+class _Run(NamedTuple):
+    """What a solver's step reads: the model call, and alpha and EDM's sigma as lists indexed by
+    t, where index -1 ("done") reads the appended 1 and 0."""
+
+    model: Callable
+    schedule: NoiseSchedule
+    cond: dict
+    clip_x0: bool
+    alpha: list[float]
+    sigma: list[float]
+
+    def predict(self, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One network call at timestep t: (eps, predicted x0), as `samplers.predict`."""
+        return predict(self.model, self.schedule, x, t, self.cond, self.clip_x0)
 
 
-@torch.no_grad()
-def euler_sample(
-    model: Callable,
-    schedule: NoiseSchedule,
-    x_T: torch.Tensor,
-    steps: int = 50,
-    spacing: str = "linspace",
-    *,
-    generator: torch.Generator | None = None,
-    clip_x0: bool = False,
-    progress: bool = False,
-    return_trajectory: bool = False,
-    **cond,
-) -> torch.Tensor | Trajectory:
+def _euler_step(run: _Run, x, t: int, t_next: int, eps, x0, last) -> torch.Tensor:
+    """Euler's step in sigma, x/alpha += (sigma' - sigma) eps (Karras et al. 2022, Eq. 3): DDIM
+    with eta = 0."""
+    return ddim_update(run.schedule, x, t, t_next, x0, eps)
+
+
+def _heun_step(run: _Run, x, t: int, t_next: int, eps, x0, last) -> torch.Tensor:
+    """Heun's step (Karras et al. 2022, Algorithm 1, S_churn = 0): d_i = eps (line 4), then a
+    second evaluation at the next grid point; the last step, to alpha_bar = 1, is Euler's
+    (line 6)."""
+    x_next = _euler_step(run, x, t, t_next, eps, x0, last)  # Euler step (Alg. 1, line 5)
+    if t_next < 0:
+        return x_next
+    eps_next, _ = run.predict(x_next, t_next)  # d'_i, line 7
+    h = run.sigma[t_next] - run.sigma[t]
+    return x_next + run.alpha[t_next] * h / 2 * (eps_next - eps)  # Alg. 1, line 8
+
+
+def _dpmpp_2m_step(run: _Run, x, t: int, t_next: int, eps, x0, last) -> torch.Tensor:
+    """DPM-Solver++(2M)'s step (Lu et al. 2022b, Algorithm 2), with `last` the previous step's
+    (t, x0); first order (DDIM) at the first step and the last, to alpha_bar = 1."""
+    x_next = ddim_update(run.schedule, x, t, t_next, x0, eps)  # DPM-Solver++(1) = DDIM, Eq. 9
+    if t_next < 0 or last is None:
+        return x_next
+    (t_last, x0_last), sigma = last, run.sigma
+    h = math.log(sigma[t] / sigma[t_next])  # h_i = lambda_i - lambda_{i-1}
+    h_last = math.log(sigma[t_last] / sigma[t])  # h_{i-1}
+    d = (x0 - x0_last) * (h / (2 * h_last))  # Alg. 2: D_i = x0_i + (x0_i - x0_{i-1}) / (2 r_i)
+    return x_next + run.alpha[t_next] * (1 - math.exp(-h)) * d  # Eq. 9, D_i for x0
+
+
+def _solver(name: str, step: Callable, doc: str) -> Callable:
+    """A public sampler: the one driver loop (checks, grid, network call, trajectory) around
+    `step(run, x, t, t_next, eps, x0, last)`, which returns x at t_next."""
+
+    @torch.no_grad()
+    def sample(
+        model: Callable,
+        schedule: NoiseSchedule,
+        x_T: torch.Tensor,
+        steps: int = 50,
+        spacing: str = "linspace",
+        *,
+        clip_x0: bool = False,
+        progress: bool = False,
+        return_trajectory: bool = False,
+        **cond,
+    ) -> torch.Tensor | Trajectory:
+        check_batched("x_T", x_T)
+        if not callable(model):
+            raise TypeError(f"model must be callable as model(x_t, t, **cond), got {model!r}")
+        ts = solver_timesteps(schedule, steps, spacing).tolist()
+        level = at_step(schedule, torch.arange(schedule.T))
+        alpha, sigma = level.alpha.tolist() + [1.0], level.edm_sigma.tolist() + [0.0]
+        run = _Run(model, schedule, cond, clip_x0, alpha, sigma)
+        x, record, last = x_T, Recorder(return_trajectory), None
+        pairs = list(zip(ts, ts[1:] + [-1], strict=True))
+        for t, t_next in tqdm(pairs, disable=not progress, desc="sampling"):
+            eps, x0 = run.predict(x, t)
+            record(t, x, x0)
+            x, last = step(run, x, t, t_next, eps, x0, last), (t, x0)
+        return record.result(x)
+
+    sample.__name__ = sample.__qualname__ = name
+    sample.__doc__ = doc
+    return sample
+
+
+euler_sample = _solver(
+    "euler_sample",
+    _euler_step,
     """Euler's method on the PF-ODE in sigma (Karras et al. 2022, Alg. 1 without line 8): DDIM with
     eta = 0 (`ddim_step`) on `solver_timesteps(schedule, steps, spacing)`. x_T: (B, ...).
 
-    Deterministic: `generator` is accepted so the call matches `ddim_sample`; nothing is drawn.
-    Returns x_0 (B, ...), or a `Trajectory` when `return_trajectory`. `steps` network calls.
-    """
-    pairs, _, _ = _start(model, schedule, x_T, steps, spacing, progress)
-    x, record = x_T, Recorder(return_trajectory)
-    for t, t_next in pairs:
-        eps, x0 = predict(model, schedule, x, t, cond, clip_x0)
-        record(t, x, x0)
-        x = ddim_update(schedule, x, t, t_next, x0, eps)  # x/alpha += (sigma' - sigma) eps, Eq. 3
-    return record.result(x)
+    Deterministic. Returns x_0 (B, ...), or a `Trajectory` when `return_trajectory`. `steps`
+    network calls.
+    """,
+)
 
-
-@torch.no_grad()
-def heun_sample(
-    model: Callable,
-    schedule: NoiseSchedule,
-    x_T: torch.Tensor,
-    steps: int = 50,
-    spacing: str = "linspace",
-    *,
-    generator: torch.Generator | None = None,
-    clip_x0: bool = False,
-    progress: bool = False,
-    return_trajectory: bool = False,
-    **cond,
-) -> torch.Tensor | Trajectory:
+heun_sample = _solver(
+    "heun_sample",
+    _heun_step,
     """Heun's 2nd-order method on the PF-ODE in sigma (Karras et al. 2022, Algorithm 1, S_churn =
     0), on `solver_timesteps(schedule, steps, spacing)`. x_T: (B, ...).
 
     The second evaluation is at the next grid point; the last step, to alpha_bar = 1, is Euler's
-    (Alg. 1, line 6), so a run makes 2 * steps - 1 network calls. Deterministic: `generator` is
-    accepted so the call matches `ddim_sample`. Returns x_0 (B, ...), or a `Trajectory`.
-    """
-    pairs, alpha, sigma = _start(model, schedule, x_T, steps, spacing, progress)
-    x, record = x_T, Recorder(return_trajectory)
-    for t, t_next in pairs:
-        eps, x0 = predict(model, schedule, x, t, cond, clip_x0)  # d_i = eps (Alg. 1, line 4)
-        record(t, x, x0)
-        x_next = ddim_update(schedule, x, t, t_next, x0, eps)  # Euler step (Alg. 1, line 5)
-        if t_next >= 0:
-            eps_next, _ = predict(model, schedule, x_next, t_next, cond, clip_x0)  # d'_i, line 7
-            h = sigma[t_next] - sigma[t]
-            x_next = x_next + alpha[t_next] * h / 2 * (eps_next - eps)  # Alg. 1, line 8
-        x = x_next
-    return record.result(x)
+    (Alg. 1, line 6), so a run makes 2 * steps - 1 network calls. Deterministic. Returns x_0
+    (B, ...), or a `Trajectory` when `return_trajectory`.
+    """,
+)
 
-
-@torch.no_grad()
-def dpmpp_2m_sample(
-    model: Callable,
-    schedule: NoiseSchedule,
-    x_T: torch.Tensor,
-    steps: int = 50,
-    spacing: str = "linspace",
-    *,
-    generator: torch.Generator | None = None,
-    clip_x0: bool = False,
-    progress: bool = False,
-    return_trajectory: bool = False,
-    **cond,
-) -> torch.Tensor | Trajectory:
+dpmpp_2m_sample = _solver(
+    "dpmpp_2m_sample",
+    _dpmpp_2m_step,
     """DPM-Solver++(2M), multistep 2nd order in log-SNR (Lu et al. 2022b, Algorithm 2), on
     `solver_timesteps(schedule, steps, spacing)`. x_T: (B, ...).
 
     The first step and the last (to alpha_bar = 1) are first order, i.e. DDIM, as in diffusers'
     `DPMSolverMultistepScheduler` (lower_order_final, final_sigmas_type="zero"). `steps` network
-    calls; deterministic (`generator` is accepted so the call matches `ddim_sample`). Returns
-    x_0 (B, ...), or a `Trajectory` when `return_trajectory`.
-    """
-    pairs, alpha, sigma = _start(model, schedule, x_T, steps, spacing, progress)
-    x, record, x0_prev, h_prev = x_T, Recorder(return_trajectory), None, None
-    for t, t_next in pairs:
-        eps, x0 = predict(model, schedule, x, t, cond, clip_x0)
-        record(t, x, x0)
-        x_next = ddim_update(schedule, x, t, t_next, x0, eps)  # DPM-Solver++(1) = DDIM, Eq. 9
-        if t_next >= 0:
-            h = math.log(sigma[t] / sigma[t_next])  # h_i = lambda_i - lambda_{i-1}
-            if x0_prev is not None:  # Alg. 2: D_i = x0_i + (x0_i - x0_{i-1}) / (2 r_i)
-                d = (x0 - x0_prev) * (h / (2 * h_prev))  # r_i = h_{i-1} / h_i
-                x_next = x_next + alpha[t_next] * (1 - math.exp(-h)) * d  # Eq. 9, D_i for x0
-            h_prev = h
-        x, x0_prev = x_next, x0
-    return record.result(x)
+    calls; deterministic. Returns x_0 (B, ...), or a `Trajectory` when `return_trajectory`.
+    """,
+)
 
 
 _CALLS = {  # network calls of a run with `steps` steps
