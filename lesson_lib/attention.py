@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import nn
+from torch import Tensor, nn
 
 from lesson_lib.checks import check_int, check_mask, check_tensor
 
@@ -38,7 +38,7 @@ class SelfAttention(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         """x: (B, C, H, W) -> (B, C, H, W)."""
         H, W = x.shape[-2:]
         qkv = self.qkv(self.norm(x))  # (B, 3C, H, W)
@@ -74,12 +74,8 @@ class CrossAttention(nn.Module):
         self.to_out = nn.Linear(inner_dim, query_dim)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        return_attn: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self, x: Tensor, context: Tensor, mask: Tensor | None = None, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, N, query_dim), context: (B, L, context_dim) -> (B, N, query_dim).
 
         ``mask``: optional bool (B, L), True for real tokens and False for padding; padded tokens
@@ -140,12 +136,8 @@ class SpatialCrossAttention(nn.Module):
         nn.init.zeros_(self.attn.to_out.bias)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        return_attn: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        self, x: Tensor, context: Tensor, mask: Tensor | None = None, return_attn: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """x: (B, C, H, W), context: (B, L, context_dim) -> (B, C, H, W).
 
         With ``return_attn=True`` also returns the attention maps, (B, heads, H, W, L).
