@@ -46,12 +46,13 @@ def q_sample(
 def q_step(
     schedule: NoiseSchedule,
     x_prev: torch.Tensor,
-    t,
+    t: int | torch.Tensor,
     noise: torch.Tensor | None = None,
     *,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One noising step x_t ~ q(x_t | x_{t-1}). x_prev = x_{t-1} (x0 at t = 0): (B, ...)."""
+    """One noising step x_t ~ q(x_t | x_{t-1}). x_prev = x_{t-1} (x0 at t = 0): (B, ...);
+    t: an int for the whole batch, or a LongTensor (B,) -> x_t: (B, ...)."""
     check_tensor("x_prev", x_prev)
     eps = noise_like(x_prev, noise, generator)
     sqrt_alpha = schedule.at(schedule.alphas.sqrt(), t, x_prev)
