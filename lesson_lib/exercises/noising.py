@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -58,6 +60,27 @@ def _forward_cases(library, table: str, name: str) -> list[Case]:
     return cases
 
 
+def _forward_exercise(
+    reference: Callable, library: Callable, statement: str, hint: str, mistakes: tuple[Mistake, ...]
+) -> Exercise:
+    """A notebook-01 exercise: the formula `reference(x, t, eps, table)` against
+    `library(schedule, x, t, eps)` of lesson_lib.forward; the reference's first and last
+    parameters name the input ("x0", "x_prev") and the schedule's table ("alpha_bar", "betas")."""
+    params = list(inspect.signature(reference).parameters)
+    x, table = params[0], params[-1]
+    return Exercise(
+        name=reference.__name__,
+        notebook="01",
+        statement=statement,
+        reference=reference,
+        cases=lambda: _forward_cases(library, table, x),
+        mistakes=mistakes,
+        hint=hint,
+        library=f"{library.__module__}.{library.__name__}",
+        tip=broadcast_tip(x, table),
+    )
+
+
 def _f(T: int, s: float) -> torch.Tensor:
     """f(0 ... T) of Eq. 17, float64."""
     return (
@@ -88,12 +111,12 @@ def _log_snr_cases() -> list[Case]:
 
 
 EXERCISES = (
-    Exercise(
-        name="q_sample",
-        notebook="01",
+    _forward_exercise(
+        q_sample,
+        lib_q_sample,
         statement="q_sample(x0, t, eps, alpha_bar) -> x_t, the closed form (Ho et al. 2020, Eq. 4)",
-        reference=q_sample,
-        cases=lambda: _forward_cases(lib_q_sample, "alpha_bar", "x0"),
+        hint="Take alpha_bar[t] for each sample, shape it (B, 1, ..., 1), then "
+        "sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * eps.",
         mistakes=(
             Mistake(
                 "The square roots are missing: alpha_bar_t and 1 - alpha_bar_t are variances; "
@@ -121,17 +144,12 @@ EXERCISES = (
                 lambda x0, t, eps, ab: x0 + (1 - at(ab, t, x0)).sqrt() * eps,
             ),
         ),
-        hint="Take alpha_bar[t] for each sample, shape it (B, 1, ..., 1), then "
-        "sqrt(alpha_bar_t) * x0 + sqrt(1 - alpha_bar_t) * eps.",
-        library="lesson_lib.forward.q_sample",
-        tip=broadcast_tip("x0"),
     ),
-    Exercise(
-        name="q_step",
-        notebook="01",
+    _forward_exercise(
+        q_step,
+        lib_q_step,
         statement="q_step(x_prev, t, eps, betas) -> x_t, one noising step (Ho et al. 2020, Eq. 2)",
-        reference=q_step,
-        cases=lambda: _forward_cases(lib_q_step, "betas", "x_prev"),
+        hint="Like q_sample, but one step: the per-sample beta_t in place of 1 - alpha_bar_t.",
         mistakes=(
             Mistake(
                 "The square roots are missing: beta_t is the variance of the added noise; the "
@@ -155,9 +173,6 @@ EXERCISES = (
                 lambda x, t, eps, b: at(b, t, x).sqrt() * x + (1 - at(b, t, x)).sqrt() * eps,
             ),
         ),
-        hint="Like q_sample, but one step: the per-sample beta_t in place of 1 - alpha_bar_t.",
-        library="lesson_lib.forward.q_step",
-        tip=broadcast_tip("x_prev", "betas"),
     ),
     Exercise(
         name="cosine_alpha_bar",
