@@ -4,7 +4,9 @@ The loop keeps an EMA copy of the weights (the copy that samples), clips gradien
 bar with the loss, writes checkpoints atomically (temporary file, then rename) every
 ``checkpoint_every`` steps and on Ctrl-C, and resumes exactly where a checkpoint stopped: the
 weights, the optimiser, the step and every random generator are restored. Under ``torchrun`` it
-trains data-parallel with PyTorch DDP; only rank 0 writes.
+trains data-parallel with PyTorch DDP; only rank 0 writes. A run can be given a wall-clock
+budget: ``plan_steps`` times a few steps to say how many fit, and ``train(..., time_limit=)``
+stops on time with a checkpoint.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ from .atomic import save_atomic
 from .checks import check_int, check_real, check_tensor
 
 CHECKPOINT = "checkpoint.pt"
+PLAN_STEPS = 12  # steps plan_steps times (the first two, slower, are not counted)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between atomic checkpoints (0: only at the end)
     log_every: int = 25  # steps between logged (averaged) losses
     seed: int = 0  # seeds batches and loss draws; the command seeds torch's global RNG with it too
+    bf16: bool = False  # the forward pass under bf16 autocast (weights and optimiser stay float32)
 
     def __post_init__(self):
         check_int("steps", self.steps, low=1)
@@ -58,6 +63,7 @@ class TrainResult:
     model: nn.Module  # the EMA weights, in eval mode
     losses: list[tuple[int, float]]  # (step, mean loss over the last log_every steps)
     step: int  # the step the run ended at
+    seconds: float  # wall-clock seconds of training, over every session of a resumed run
 
 
 def _lr_at(config: TrainConfig, step: int) -> float:
@@ -92,10 +98,66 @@ def _set_random_states(states: dict, generator: torch.Generator, device: torch.d
         torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
+def train_step(net, model, ema, opt, loss_fn, batch, generator, config, step) -> torch.Tensor:
+    """One optimiser step at the scheduled learning rate, clipped, then the warmed-up EMA."""
+    for group in opt.param_groups:
+        group["lr"] = _lr_at(config, step)
+    with torch.autocast(batch[0].device.type, dtype=torch.bfloat16, enabled=config.bf16):
+        loss = loss_fn(net, batch, generator)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    opt.step()
+    _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
+    return loss.detach()
+
+
+def plan_steps(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Sequence[torch.Tensor], torch.Generator], torch.Tensor],
+    data: Sequence[torch.Tensor],
+    config: TrainConfig,
+    seconds: float,
+    device: torch.device | str | None = None,
+) -> tuple[int, float]:
+    """How many steps of ``config`` fit in ``seconds``: ``PLAN_STEPS`` steps of a copy of
+    ``model`` are timed (the model and torch's global random state are left as they were).
+    Returns the steps and the measured seconds per step."""
+    check_real("seconds", seconds, low=0.0, low_open=True)
+    device = torch.device(device) if device is not None else data[0].device
+    trial = copy.deepcopy(model).to(device).train()
+    ema = copy.deepcopy(trial).requires_grad_(False)
+    opt = torch.optim.AdamW(trial.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    data = [d.to(device) for d in data]
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # dropout's draws leave the global state alone
+        for step in range(PLAN_STEPS):
+            if step == 2:
+                start = time.perf_counter()
+            idx = torch.randint(
+                0, len(data[0]), (config.batch_size,), generator=generator, device=device
+            )
+            batch = [d[idx] for d in data]
+            loss = train_step(trial, trial, ema, opt, loss_fn, batch, generator, config, step)
+            loss.item()  # waits for the device
+    per_step = (time.perf_counter() - start) / (PLAN_STEPS - 2)
+    return max(1, int(seconds / per_step)), per_step
+
+
 def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _agreed(flag: bool, device: torch.device, world: int) -> bool:
+    """``flag`` on rank 0, the same on every rank (DDP ranks must stop at the same step)."""
+    if world == 1:
+        return flag
+    out = torch.tensor([float(flag)], device=device)
+    dist.broadcast(out, 0)
+    return bool(out.item())
 
 
 def train(
@@ -107,6 +169,7 @@ def train(
     device: torch.device | str | None = None,
     progress: bool = True,
     callback: Callable[[int, float, nn.Module], None] | None = None,
+    time_limit: float | None = None,
 ) -> TrainResult:
     """Train ``model`` by minimising ``loss_fn(model, batch, generator)`` over random batches of ``data``.
 
@@ -116,7 +179,11 @@ def train(
     Dropout draws from torch's global generator, which the caller seeds (the command seeds it with
     ``config.seed`` before building the model); checkpoints save and restore it.
     ``callback(step, loss, ema_model)`` runs on rank 0 every ``log_every`` steps.
+    ``time_limit``: seconds of training (counted over every session of a resumed run); the run
+    stops at the first step past it, with a checkpoint, even if ``config.steps`` is not reached.
     """
+    if time_limit is not None:
+        check_real("time_limit", time_limit, low=0.0, low_open=True)
     rank, world = _distributed()
     if config.batch_size % world:
         raise ValueError(f"batch_size={config.batch_size} must be divisible by the {world} ranks")
@@ -130,7 +197,7 @@ def train(
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(config.seed * 1000 + rank)
-    step, losses = 0, []
+    step, losses, spent = 0, [], 0.0
 
     path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if path is not None and path.exists():
@@ -141,6 +208,7 @@ def train(
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         step, losses = ckpt["step"], [tuple(x) for x in ckpt["losses"]]
+        spent = ckpt.get("seconds", 0.0)
         if rank == 0:
             print(f"resumed from {path} at step {step} of {config.steps}", file=sys.stderr)
         if "random_states" in ckpt:
@@ -153,6 +221,11 @@ def train(
                     "is exact only for a model without dropout",
                     file=sys.stderr,
                 )
+
+    started = time.perf_counter()
+
+    def seconds() -> float:
+        return spent + time.perf_counter() - started
 
     def checkpoint() -> None:
         here = _random_states(generator, device)
@@ -170,6 +243,7 @@ def train(
                     "optimizer": opt.state_dict(),
                     "random_states": states,
                     "losses": losses,
+                    "seconds": seconds(),
                     "config": asdict(config),
                 },
                 path,
@@ -180,17 +254,21 @@ def train(
     running, counted = 0.0, 0
     try:
         while step < config.steps:
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(config, step)
+            if time_limit is not None and _agreed(seconds() >= time_limit, device, world):
+                if counted:
+                    losses.append((step, running / counted))
+                if rank == 0:
+                    print(
+                        f"stopped at the time limit ({time_limit:.0f} s of training) at step "
+                        f"{step} of {config.steps}",
+                        file=sys.stderr,
+                    )
+                break
             idx = torch.randint(
                 0, n, (config.batch_size // world,), generator=generator, device=device
             )
-            loss = loss_fn(net, [d[idx] for d in data], generator)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            _ema_update(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
+            batch = [d[idx] for d in data]
+            loss = train_step(net, model, ema, opt, loss_fn, batch, generator, config, step)
             step += 1
             running, counted = running + loss.item(), counted + 1
             if step % config.log_every == 0 or step == config.steps:
@@ -209,4 +287,4 @@ def train(
     finally:
         bar.close()
     checkpoint()
-    return TrainResult(model=ema, losses=losses, step=step)
+    return TrainResult(model=ema, losses=losses, step=step, seconds=seconds())

@@ -54,6 +54,8 @@ class ModelEntry:
     seconds_last_session: float  # wall-clock seconds of the session that finished it
     final_loss: float | None  # the last logged training loss
     parameters: int  # number of weights
+    seconds: float | None = None  # wall-clock seconds of training, every session of a resume
+    minutes: float | None = None  # the wall-clock budget it was planned for (--minutes), if any
     file: str | None = None  # the weights' file name in lesson_lib/weights (None: not shipped)
     file_sha256: str | None = None
     history: str | None = None  # sample grids saved while training (diffusion models)
@@ -72,7 +74,8 @@ class ModelEntry:
 
     def to_json(self) -> dict:
         """The entry as JSON, leaving out empty optional fields."""
-        optional = ("file", "file_sha256", "history", "history_sha256", "quality")
+        optional = ("seconds", "minutes", "file", "file_sha256", "history", "history_sha256")
+        optional += ("quality",)
         return {k: v for k, v in asdict(self).items() if not (k in optional and not v)}
 
 

@@ -21,12 +21,16 @@ class History:
 
     def __init__(self, recipe: Recipe, path: Path, every: int, device):
         self.recipe, self.path, self.every = recipe, path, every
-        gen = torch.Generator().manual_seed(1234)
-        self.noise = torch.randn(10, 1, 28, 28, generator=gen).to(device)
-        self.labels = torch.arange(10, device=device)
+        self.noise, self.labels = self.inputs(device)
         saved = torch.load(path, weights_only=True) if path.exists() else None
         self.steps = saved["steps"].tolist() if saved else []
         self.images = list(saved["images"]) if saved else []
+
+    @staticmethod
+    def inputs(device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed noise (10, 1, 28, 28) and the digits 0-9 every snapshot starts from."""
+        noise = torch.randn(10, 1, 28, 28, generator=torch.Generator().manual_seed(1234))
+        return noise.to(device), torch.arange(10, device=device)
 
     def __call__(self, step: int, loss: float, ema) -> None:
         if step % self.every or step in self.steps:

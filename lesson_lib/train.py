@@ -1,5 +1,10 @@
 """Train a named recipe: ``python -m lesson_lib.train --config NAME --steps N --out DIR``.
 
+``--minutes M`` in place of ``--steps`` gives the run a wall-clock budget: a few steps are timed,
+the learning-rate schedule is planned for the steps that fit (written to ``DIR/plan.json``, so a
+resumed run keeps the plan and its command reproduces it with ``--steps``), and the run stops on
+time with a checkpoint.
+
 Resumes from ``DIR/checkpoint.pt`` when it exists. Under ``torchrun --nproc_per_node K`` it trains
 data-parallel (PyTorch DDP: gloo on CPU, nccl on GPU); only rank 0 writes. At the end ``DIR``
 holds ``model.pt`` (the EMA weights), ``info.json`` and, for diffusion models, ``history.pt``
@@ -10,13 +15,15 @@ holds ``model.pt`` (the EMA weights), ``info.json`` and, for diffusion models, `
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
 import signal
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -24,10 +31,10 @@ import torch.distributed as dist
 
 from .atomic import save_atomic, save_json_atomic
 from .device import pick_device
-from .loop import train
+from .loop import TrainResult, plan_steps, train
 from .manifest import RUN_INFO, ModelEntry, ship
-from .recipes import RECIPES, get_recipe
-from .snapshots import History, every_for
+from .recipes import RECIPES, Recipe, get_recipe
+from .snapshots import HISTORY_SNAPSHOTS, History, every_for
 
 
 def _hardware(device: torch.device, world: int) -> str:
@@ -40,12 +47,74 @@ def _hardware(device: torch.device, world: int) -> str:
     return f"{world} x {what}, torch {torch.__version__}"
 
 
+PLAN = "plan.json"
+
+
+def _plan(recipe, minutes: float, out: Path, device, world: int, rank: int) -> dict:
+    """The run's plan for a budget of ``minutes``: read from ``out/plan.json`` when a run there
+    made one, else timed now (on rank 0; every rank gets the same)."""
+    if (out / PLAN).exists():
+        plan = json.loads((out / PLAN).read_text())
+        if plan["minutes"] != minutes:
+            raise ValueError(
+                f"minutes={minutes} but {out / PLAN} planned this run for {plan['minutes']} "
+                "minutes: give the same budget, or a new --out"
+            )
+        return plan
+    start = time.perf_counter()
+    model, data = recipe.make_model(), recipe.load_data()
+    _, per_step = plan_steps(model, recipe.loss, data, recipe.train, 60 * minutes, device)
+    if recipe.sample_grid is not None:  # the history's snapshots come out of the budget too
+        tick = time.perf_counter()
+        with torch.no_grad():
+            recipe.sample_grid(model.to(device).eval(), *History.inputs(device))
+        snapshot = time.perf_counter() - tick
+    seconds = 60 * minutes - (time.perf_counter() - start)  # the timing comes out of it too
+    if recipe.sample_grid is not None:
+        seconds -= HISTORY_SNAPSHOTS * snapshot
+    if seconds < 10 * per_step:
+        raise ValueError(
+            f"minutes={minutes:g} is too short for {recipe.name!r}: timing it took "
+            f"{time.perf_counter() - start:.0f} s, a step takes {per_step:.2f} s"
+            + (
+                f" and its {HISTORY_SNAPSHOTS} history snapshots {HISTORY_SNAPSHOTS * snapshot:.0f} s"
+                if recipe.sample_grid is not None
+                else ""
+            )
+            + "; give more minutes"
+        )
+    plan = {
+        "minutes": minutes,
+        # 3% is left for what the timing did not see: snapshots, checkpoints, slower moments
+        "steps": max(1, int(0.97 * seconds / per_step)),
+        "seconds_per_step": per_step,
+        "seconds": seconds,
+    }
+    if world > 1:
+        shared = [plan]
+        dist.broadcast_object_list(shared, 0)
+        plan = shared[0]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_json_atomic(plan, out / PLAN)
+        print(
+            f"planned {plan['steps']} steps for {minutes:g} minutes "
+            f"({per_step:.3f} s per step, timed on {device})",
+            file=sys.stderr,
+        )
+    return plan
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m lesson_lib.train", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--config", required=True, choices=sorted(RECIPES), help="recipe name")
-    parser.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+    budget.add_argument(
+        "--minutes", type=float, help="wall-clock budget: train the steps that fit, stop on time"
+    )
     parser.add_argument("--out", required=True, type=Path, help="run folder (resumed if present)")
     parser.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -53,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         "--ship", action="store_true", help="copy the result into lesson_lib/weights"
     )
     args = parser.parse_args(argv)
+    if args.minutes is not None and not args.minutes > 0:
+        parser.error(f"--minutes must be a positive number of minutes, got {args.minutes}")
     recipe = get_recipe(args.config, args.steps)
     # `kill` (SIGTERM) or Ctrl-C stops a run with a checkpoint it resumes from, also when a
     # background shell started it with SIGINT ignored.
@@ -66,26 +137,48 @@ def main(argv: list[str] | None = None) -> None:
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
+    run(recipe, args.out, device, args.minutes, progress=not args.no_progress)
+    if args.ship and (world == 1 or dist.get_rank() == 0):
+        ship(args.out)
+    if world > 1:
+        dist.destroy_process_group()
 
+
+def run(
+    recipe: Recipe,
+    out: Path,
+    device: torch.device,
+    minutes: float | None = None,
+    progress: bool = True,
+    callback: Callable[[int, float, torch.nn.Module], None] | None = None,
+) -> TrainResult:
+    """Train ``recipe`` into the run folder ``out`` (resumed if it holds a checkpoint), for its
+    steps or, given ``minutes``, for the steps planned to fit; rank 0 writes ``model.pt``,
+    ``info.json`` and the sample history. ``callback`` runs beside the history's."""
+    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+    plan = None
+    if minutes is not None:
+        plan = _plan(recipe, minutes, out, device, world, rank)
+        recipe = replace(recipe, train=replace(recipe.train, steps=plan["steps"]))
     torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank
     model = recipe.make_model()
-    history = None
+    calls = [callback] if callback is not None else []
     if recipe.sample_grid is not None and rank == 0:
-        history = History(recipe, args.out / "history.pt", every_for(recipe), device)
+        calls.append(History(recipe, out / "history.pt", every_for(recipe), device))
     start = time.perf_counter()
     result = train(
         model,
         recipe.loss,
         recipe.load_data(),
         recipe.train,
-        out_dir=args.out,
+        out_dir=out,
         device=device,
-        progress=not args.no_progress,
-        callback=history,
+        progress=progress,
+        callback=lambda *logged: [call(*logged) for call in calls],
+        time_limit=None if plan is None else plan["seconds"],
     )
     if rank == 0:
-        save_atomic(result.model.state_dict(), args.out / "model.pt")
+        save_atomic(result.model.state_dict(), out / "model.pt")
         info = ModelEntry(
             recipe=recipe.name,
             about=recipe.about,
@@ -93,20 +186,19 @@ def main(argv: list[str] | None = None) -> None:
             schedule=None if recipe.schedule is None else f"linear, T={recipe.schedule.T}",
             data=recipe.data,
             command=f"python -m lesson_lib.train --config {recipe.name} "
-            f"--steps {recipe.train.steps} --out {shlex.quote(str(args.out))}",
+            f"--steps {recipe.train.steps} --out {shlex.quote(str(out))}",
             steps=result.step,
             train_config=asdict(recipe.train),
             hardware=_hardware(device, world),
+            minutes=None if plan is None else plan["minutes"],
+            seconds=round(result.seconds, 1),
             seconds_last_session=round(time.perf_counter() - start, 1),
             final_loss=result.losses[-1][1] if result.losses else None,
             parameters=sum(p.numel() for p in result.model.parameters()),
         )
-        save_json_atomic(info.to_json(), args.out / RUN_INFO)
-        print(f"wrote {args.out / 'model.pt'} ({result.step} steps)", file=sys.stderr)
-        if args.ship:
-            ship(args.out)
-    if world > 1:
-        dist.destroy_process_group()
+        save_json_atomic(info.to_json(), out / RUN_INFO)
+        print(f"wrote {out / 'model.pt'} ({result.step} steps)", file=sys.stderr)
+    return result
 
 
 if __name__ == "__main__":

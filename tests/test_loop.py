@@ -7,6 +7,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from lesson_lib.atomic import save_atomic, save_json_atomic
-from lesson_lib.loop import CHECKPOINT, TrainConfig, train
+from lesson_lib.loop import CHECKPOINT, TrainConfig, plan_steps, train
 from lesson_lib.losses import diffusion_loss
 from lesson_lib.schedules import NoiseSchedule
 
@@ -284,3 +285,107 @@ def test_the_training_command_ships_a_run_into_the_manifest(tmp_path, weights_co
     loaded = pretrained.load("mnist_tiny").model.state_dict()
     assert loaded.keys() == trained.keys()
     assert all(torch.equal(loaded[k], trained[k]) for k in trained)
+
+
+class Clock:
+    """A stand-in for time.perf_counter that moves only when a training step runs."""
+
+    def __init__(self, per_step):
+        self.now, self.per_step = 0.0, per_step
+
+    def __call__(self):
+        return self.now
+
+    def loss(self, model, batch, generator):
+        self.now += self.per_step
+        return _loss(model, batch, generator)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    import lesson_lib.loop as loop
+
+    clock = Clock(per_step=1.0)
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=clock))
+    return clock
+
+
+def test_a_time_limit_stops_the_run_with_a_checkpoint_and_counts_resumed_seconds(
+    tmp_path, clock, capsys
+):
+    torch.manual_seed(0)
+    run = train(Tiny(), clock.loss, _data(), _config(steps=1000), tmp_path, progress=False,
+                time_limit=3.5)  # fmt: skip
+    # Checked before each step: after 4 steps 4 s have passed, more than 3.5.
+    assert run.step == 4 and run.seconds == 4.0
+    assert (
+        "stopped at the time limit (4 s of training) at step 4 of 1000" in capsys.readouterr().err
+    )
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["seconds"] == 4.0 and ckpt["losses"][-1][0] == 4
+    # A resumed run counts the 4 s already spent: 3 more steps reach 7 s, past 6.5.
+    again = train(Tiny(), clock.loss, _data(), _config(steps=1000), tmp_path, progress=False,
+                  time_limit=6.5)  # fmt: skip
+    assert again.step == 7 and again.seconds == 7.0
+    # Past its limit already, a resumed run takes no step at all.
+    assert train(Tiny(), clock.loss, _data(), _config(steps=1000), tmp_path, progress=False,
+                 time_limit=6.5).step == 7  # fmt: skip
+
+
+def test_a_time_limit_is_checked(clock):
+    with pytest.raises(ValueError, match="time_limit"):
+        train(Tiny(), clock.loss, _data(), _config(), progress=False, time_limit=0.0)
+
+
+def test_plan_steps_times_a_copy_and_leaves_the_model_and_random_state_alone(clock):
+    clock.per_step = 0.5
+    model = Tiny(dropout=0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    steps, per_step = plan_steps(model, clock.loss, _data(), _config(), seconds=10.0)
+    assert per_step == 0.5 and steps == 20
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout drew, and the state is restored
+    with pytest.raises(ValueError, match="seconds"):
+        plan_steps(model, clock.loss, _data(), _config(), seconds=-1.0)
+
+
+def test_bf16_runs_the_forward_under_autocast_and_keeps_float32_weights():
+    seen = []
+    model = Tiny()
+    model.conv.register_forward_hook(lambda mod, inputs, out: seen.append(out.dtype))
+    train(model, _loss, _data(), _config(steps=2, bf16=True), progress=False)
+    assert seen == [torch.bfloat16] * 2
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    train(model, _loss, _data(), _config(steps=1), progress=False)
+    assert seen[-1] == torch.float32
+
+
+def test_the_training_command_plans_a_budget_and_keeps_the_plan(tmp_path, capsys):
+    from lesson_lib.train import PLAN, main
+
+    # The classifier: a recipe whose steps are cheap and that has no sample history.
+    args = ["--config", "mnist_classifier", "--out", str(tmp_path), "--device", "cpu",
+            "--no-progress"]  # fmt: skip
+    main([*args, "--minutes", "0.2"])
+    plan = json.loads((tmp_path / PLAN).read_text())
+    assert f"planned {plan['steps']} steps for 0.2 minutes" in capsys.readouterr().err
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert info["minutes"] == 0.2 and info["steps"] <= plan["steps"]
+    assert f"--steps {plan['steps']} " in info["command"]  # the exact plan, reproducible
+    assert info["train_config"]["steps"] == plan["steps"]
+    main([*args, "--minutes", "0.2"])  # resumed: the same plan, not a new one
+    assert "planned" not in capsys.readouterr().err
+    with pytest.raises(ValueError, match="planned this run for 0.2 minutes"):
+        main([*args, "--minutes", "1"])
+    with pytest.raises(SystemExit):
+        main([*args, "--minutes", "0"])
+    assert "--minutes must be a positive number" in capsys.readouterr().err
+
+
+def test_a_budget_too_short_for_the_history_is_a_clear_error(tmp_path):
+    from lesson_lib.train import main
+
+    with pytest.raises(ValueError, match="minutes=0.001 is too short for 'mnist_tiny'.*snapshots"):
+        main(["--config", "mnist_tiny", "--out", str(tmp_path), "--device", "cpu",
+              "--minutes", "0.001"])  # fmt: skip

@@ -1,9 +1,14 @@
-"""The diffusion loss: the noise it regresses, the timesteps it draws, and label dropout."""
+"""The diffusion loss: the noise it regresses, the timesteps it draws, label dropout, min-SNR."""
 
+from dataclasses import replace
+
+import pytest
 import torch
 
 from lesson_lib.guidance import NULL_LABEL
+from lesson_lib.loop import TrainConfig
 from lesson_lib.losses import diffusion_loss
+from lesson_lib.recipes import MNIST_UNET, unet_recipe
 from lesson_lib.schedules import NoiseSchedule
 
 SCHEDULE = NoiseSchedule.linear(100)
@@ -50,3 +55,45 @@ def test_diffusion_loss_draws_every_timestep_from_0_to_T_minus_1():
     g = torch.Generator().manual_seed(0)
     diffusion_loss(model, NoiseSchedule.linear(10), torch.zeros(1000, 1, 1, 1), generator=g)
     assert torch.equal(seen[0].unique(), torch.arange(10))
+
+
+def _recovered_noise(seen, x0):
+    ab = SCHEDULE.alpha_bar[seen["t"]].view(-1, 1, 1, 1)
+    return (seen["x_t"].double() - ab.sqrt() * x0.double()) / (1 - ab).sqrt()
+
+
+def test_min_snr_gamma_weights_each_sample_by_min_snr_gamma_over_snr():
+    """Hang et al. 2023, Eq. 7 for eps-prediction, with the SNR from the betas in float64."""
+    x0 = torch.randn(256, 1, 4, 4)
+    seen = {}
+
+    def model(x_t, t, y=None):
+        seen.update(x_t=x_t, t=t)
+        return torch.zeros_like(x_t)
+
+    g = torch.Generator().manual_seed(5)
+    loss = diffusion_loss(model, SCHEDULE, x0, None, generator=g, min_snr_gamma=5.0)
+    alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64), 0)
+    snr = alpha_bar[seen["t"]] / (1 - alpha_bar[seen["t"]])
+    weight = torch.minimum(snr, torch.tensor(5.0, dtype=torch.float64)) / snr
+    assert weight.min() < 0.01 and (weight == 1).any()  # both regimes are in the batch
+    per_sample = _recovered_noise(seen, x0).square().flatten(1).mean(1)
+    assert torch.allclose(loss.double(), (weight * per_sample).mean(), rtol=1e-4)
+
+
+def test_a_min_snr_gamma_above_every_snr_is_the_plain_loss():
+    x0 = torch.randn(64, 1, 4, 4)
+    model = lambda x_t, t, y=None: 0.5 * x_t  # noqa: E731
+    plain = diffusion_loss(model, SCHEDULE, x0, generator=torch.Generator().manual_seed(1))
+    wide = diffusion_loss(
+        model, SCHEDULE, x0, generator=torch.Generator().manual_seed(1), min_snr_gamma=1e9
+    )
+    assert torch.allclose(plain, wide, rtol=1e-6)
+
+
+def test_min_snr_gamma_is_checked_and_refused_for_flow():
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        diffusion_loss(lambda x, t: x, SCHEDULE, torch.zeros(2, 1, 2, 2), min_snr_gamma=0.0)
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        unet_recipe("x", "x", replace(MNIST_UNET, continuous_time=True), TrainConfig(steps=1),
+                    min_snr_gamma=5.0)  # fmt: skip
