@@ -26,7 +26,15 @@ from .schedules import NoiseSchedule
 from .text import TextEncoderConfig
 from .unet import UNet, UNetConfig
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "bundled_train", "encoded_mnist", "MNIST_UNET"]
+__all__ = [
+    "Recipe",
+    "RECIPES",
+    "unet_recipe",
+    "get_recipe",
+    "bundled_train",
+    "encoded_mnist",
+    "MNIST_UNET",
+]
 
 
 def bundled_train() -> list[torch.Tensor]:
@@ -60,17 +68,21 @@ class Recipe:
     sample_grid: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
-def _unet_recipe(
+def unet_recipe(
     name: str,
     about: str,
     config: UNetConfig,
     train: TrainConfig,
     p_uncond: float = 0.1,
+    min_snr_gamma: float | None = None,
 ) -> Recipe:
     """A class-conditional U-Net on the bundled digits: a diffusion model (eps loss, linear
-    schedule, DDIM snapshots), or for a ``continuous_time`` config a flow model (velocity loss,
-    Euler snapshots). Snapshots take 25 steps with guidance w = 3."""
+    schedule, DDIM snapshots; ``min_snr_gamma`` weights the loss, losses.diffusion_loss), or for
+    a ``continuous_time`` config a flow model (velocity loss, Euler snapshots). Snapshots take 25
+    steps with guidance w = 3."""
     if config.continuous_time:
+        if min_snr_gamma is not None:
+            raise ValueError(f"min_snr_gamma={min_snr_gamma} weights the eps loss: not for flow")
         schedule = None
 
         def loss(model, batch, generator):
@@ -83,7 +95,9 @@ def _unet_recipe(
         schedule = NoiseSchedule.linear(config.num_timesteps)
 
         def loss(model, batch, generator):
-            return diffusion_loss(model, schedule, batch[0], batch[1], p_uncond, generator)
+            return diffusion_loss(
+                model, schedule, batch[0], batch[1], p_uncond, generator, min_snr_gamma
+            )
 
         def sample_grid(model, noise, labels):
             return ddim_sample(cfg(model, 3.0), schedule, noise, 25, y=labels)
@@ -105,6 +119,13 @@ def _unet_recipe(
 # 15,000 steps the model underfits rather than copies (docs/benchmarks.md, novelty), and drawing
 # dropout's masks took a tenth of a CPU training step (torch.profiler).
 MNIST_UNET = UNetConfig(base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1, dropout=0.0)
+
+MNIST_TRAIN = TrainConfig(steps=15_000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999)
+
+# Notebook 04's live run: half the shipped width, two levels (28 -> 14), attention at 14x14.
+MNIST_LIVE = UNetConfig(
+    base_channels=16, channel_mults=(1, 2), num_res_blocks=1, heads=2, dropout=0.0
+)
 
 # The classifier behind the quality measures, with the default ``Classifier()`` (0.43 M
 # parameters), on the bundled 4,500 training digits (34 passes over them). Measured on the 500
@@ -151,16 +172,16 @@ def _latent_loss(model, batch, generator):
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in [
-        _unet_recipe(
+        unet_recipe(
             "mnist",
             "class-conditional U-Net (label dropout 0.5) on MNIST digits, linear schedule T=1000",
             MNIST_UNET,
-            TrainConfig(steps=15_000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999),
+            MNIST_TRAIN,
             # With the usual 0.1 the unconditional branch trains on a tenth of the batches and
             # its samples lag far behind the guided ones (docs/benchmarks.md).
             p_uncond=0.5,
         ),
-        _unet_recipe(
+        unet_recipe(
             "mnist_flow",
             "class-conditional U-Net (label dropout 0.5) trained by flow matching on MNIST "
             "digits: x_s = (1 - s) x0 + s eps, v = eps - x0",
@@ -168,7 +189,24 @@ RECIPES: dict[str, Recipe] = {
             TrainConfig(steps=3_000, batch_size=64, lr=1e-3, warmup=200, ema_decay=0.999),
             p_uncond=0.5,
         ),
-        _unet_recipe(
+        unet_recipe(
+            "mnist_fast",
+            "the 'mnist' recipe trained fast on a CPU: bf16 autocast, min-SNR-5 loss weighting, "
+            "peak lr 2e-3; planned for 30 minutes (--minutes 30)",
+            MNIST_UNET,
+            replace(MNIST_TRAIN, steps=5_000, lr=2e-3, bf16=True),
+            p_uncond=0.5,
+            min_snr_gamma=5.0,
+        ),
+        unet_recipe(
+            "mnist_live",
+            "a small U-Net that learns digits in notebook 04's live run (--minutes 1.5): bf16 "
+            "autocast, min-SNR-5 loss weighting, label dropout 0.1",
+            MNIST_LIVE,
+            TrainConfig(1_000, batch_size=32, lr=2e-3, warmup=50, ema_decay=0.995, bf16=True),
+            min_snr_gamma=5.0,
+        ),
+        unet_recipe(
             "mnist_tiny",
             "a tiny class-conditional U-Net for smoke tests and live demos (not shipped)",
             UNetConfig(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, heads=2),

@@ -1,0 +1,244 @@
+"""Quality against wall-clock minutes: train candidate recipes under the same budget, side by side.
+
+    OMP_NUM_THREADS=2 python scripts/benchmark_training.py --minutes 10 --marks 5,10
+    OMP_NUM_THREADS=2 python scripts/benchmark_training.py --minutes 30 --marks 10,20,30 \\
+        --candidates mnist_fast
+    python scripts/benchmark_training.py --markdown      # the tables, from the results file
+
+Each candidate is trained in turn by ``lesson_lib.train.run`` (the code of ``python -m
+lesson_lib.train --minutes M``: the steps that fit are planned, the run stops on time) into
+``runs/bench_<minutes>min/<candidate>``; the EMA weights are kept at each mark (minutes of
+training) and scored afterwards as ``scripts/benchmark_models.py`` scores the shipped model: DDIM
+50, the same 200 noises, guided (w = 3) and unguided, Fréchet distance beside the real floor.
+Training a candidate is skipped when its run folder is complete, so an interrupted benchmark
+resumes. Results: docs/benchmarks_training.json, the curves: docs/images/training_curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import matplotlib
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from lesson_lib.atomic import save_atomic, save_json_atomic
+from lesson_lib.data import load_mnist
+from lesson_lib.pretrained import load
+from lesson_lib.quality import FrechetReference
+from lesson_lib.recipes import MNIST_UNET, RECIPES, unet_recipe
+from lesson_lib.train import run
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchmark_models import evaluate  # noqa: E402
+
+RESULTS = ROOT / "docs" / "benchmarks_training.json"
+FIGURE = ROOT / "docs" / "images" / "training_curves.png"
+
+
+def _variant(name: str, about: str, **changes):
+    """The shipped ``mnist`` recipe with ``changes``: training settings (TrainConfig fields) and
+    ``min_snr_gamma``."""
+    base = RECIPES["mnist"]
+    gamma = changes.pop("min_snr_gamma", None)
+    return unet_recipe(
+        name, about, MNIST_UNET, replace(base.train, **changes), p_uncond=0.5, min_snr_gamma=gamma
+    )
+
+
+# Each lever alone, then together; `mnist` is the shipped recipe (float32, lr 1e-3, batch 64).
+CANDIDATES = {
+    "mnist": lambda: RECIPES["mnist"],
+    "bf16": lambda: _variant("bf16", "mnist, forward under bf16 autocast", bf16=True),
+    "bf16+minsnr5": lambda: _variant(
+        "bf16+minsnr5", "bf16, loss weighted by min-SNR-5", bf16=True, min_snr_gamma=5.0
+    ),
+    "bf16+minsnr5+lr2e-3": lambda: _variant(
+        "bf16+minsnr5+lr2e-3",
+        "bf16, min-SNR-5, peak lr 2e-3",
+        bf16=True,
+        min_snr_gamma=5.0,
+        lr=2e-3,
+    ),
+    "mnist_fast": lambda: RECIPES["mnist_fast"],  # the winner, as lesson_lib.recipes has it
+}
+
+
+class Keeper:
+    """Keeps the EMA weights at each mark (minutes since training started), as the callback."""
+
+    def __init__(self, out: Path, marks: list[float]):
+        self.out, self.marks, self.start = out, sorted(marks), time.perf_counter()
+
+    def __call__(self, step: int, loss: float, ema) -> None:
+        minutes = (time.perf_counter() - self.start) / 60
+        while self.marks and minutes >= self.marks[0]:
+            mark = self.marks.pop(0)
+            state = {k: v.clone() for k, v in ema.state_dict().items()}
+            save_atomic(
+                {"step": step, "minutes": minutes, "state": state}, self.out / f"at_{mark:g}min.pt"
+            )
+
+
+def train_candidate(name: str, minutes: float, marks: list[float], out: Path, device) -> None:
+    recipe = CANDIDATES[name]()
+    if (out / "model.pt").exists():
+        print(f"{name}: {out} is complete, not retrained", file=sys.stderr)
+        return
+    if (out / "checkpoint.pt").exists():
+        raise SystemExit(
+            f"{out} holds a half-finished run; the marks' clock restarts, so delete it"
+        )
+    # The last mark is the end of the run: model.pt, the EMA weights when the budget ran out.
+    keeper = Keeper(out, [m for m in marks if m < minutes])
+    result = run(recipe, out, device, minutes, progress=False, callback=keeper)
+    save_atomic(
+        {"step": result.step, "minutes": result.seconds / 60, "state": result.model.state_dict()},
+        out / f"at_{minutes:g}min.pt",
+    )
+
+
+def score_candidate(name, minutes, marks, out, reference, train, heldout, device) -> dict:
+    recipe = CANDIDATES[name]()
+    model = recipe.make_model().to(device).eval()
+    info = json.loads((out / "info.json").read_text())
+    points = []
+    for mark in marks:
+        kept = torch.load(out / f"at_{mark:g}min.pt", map_location=device, weights_only=True)
+        model.load_state_dict(kept["state"])
+        print(f"\n== {name} at {mark:g} minutes (step {kept['step']})", file=sys.stderr)
+        scores = evaluate(
+            model, recipe.schedule, reference, train, heldout, device, 200, None, False
+        )
+        points.append(
+            {
+                "mark_minutes": mark,
+                "minutes": kept["minutes"],
+                "step": kept["step"],
+                "guided_accuracy": scores["ddim50_guided_w3"]["accuracy"],
+                "guided_fd_ratio": scores["ddim50_guided_w3"]["fd_ratio"],
+                "unguided_fd_ratio": scores["ddim50_unguided"]["fd_ratio"],
+                "unguided_histogram": scores["ddim50_unguided"]["histogram"],
+            }
+        )
+    return {
+        "about": recipe.about,
+        "train_config": info["train_config"],
+        "planned_steps": json.loads((out / "plan.json").read_text())["steps"],
+        "seconds_per_step": json.loads((out / "plan.json").read_text())["seconds_per_step"],
+        "steps": info["steps"],
+        "hardware": info["hardware"],
+        "points": points,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per candidate")
+    parser.add_argument("--marks", default="5,10", help="minutes at which the weights are scored")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--report", action="store_true", help="plot and print tables of --out, only"
+    )
+    args = parser.parse_args()
+    if args.report:
+        report(json.loads(args.out.read_text()))
+        return
+    marks = sorted(float(m) for m in args.marks.split(","))
+    if marks[-1] != args.minutes:
+        parser.error(f"--marks must end at the budget --minutes={args.minutes:g}, got {args.marks}")
+    names = args.candidates.split(",")
+    unknown = sorted(set(names) - set(CANDIDATES))
+    if unknown:
+        parser.error(f"--candidates {unknown} unknown: allowed {', '.join(CANDIDATES)}")
+    device = torch.device(args.device)
+    if device.type == "cpu":  # the reference machine's 2 cores, unless OMP_NUM_THREADS says
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
+    folder = ROOT / "runs" / f"bench_{args.minutes:g}min"
+    for name in names:  # every candidate trains before any is scored: the same quiet machine
+        train_candidate(name, args.minutes, marks, folder / name, device)
+
+    train, _ = load_mnist("train", source="bundled")
+    heldout, _ = load_mnist("heldout", source="bundled")
+    classifier = load("mnist_classifier", device).model
+    reference = FrechetReference(classifier, train.to(device), heldout.to(device))
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    budget = results.setdefault(f"{args.minutes:g} minutes", {})
+    for name in names:
+        budget[name] = score_candidate(
+            name, args.minutes, marks, folder / name, reference, train, heldout, device
+        )
+        save_json_atomic(results, args.out)
+    print(f"wrote {args.out}")
+    report(results)
+
+
+def report(results: dict) -> None:
+    print(tables(results))
+    plot(results)
+    print(f"\nwrote {FIGURE}")
+
+
+def tables(results: dict) -> str:
+    """One table per budget, as docs/benchmarks.md shows them (tests/test_project.py checks)."""
+    lines = []
+    for budget, runs in results.items():
+        lines += [
+            f"{budget} of training per candidate, {_hardware(results)}:",
+            "",
+            "| candidate | s / step (planned) | steps | minutes | guided w = 3: asked digit "
+            "| guided: Fréchet / floor | unguided: Fréchet / floor |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, r in runs.items():
+            for p in r["points"]:
+                lines.append(
+                    f"| {name} | {r['seconds_per_step']:.3f} | {p['step']:,} | "
+                    f"{p['minutes']:.1f} | {p['guided_accuracy']:.1%} | "
+                    f"{p['guided_fd_ratio']:.2f}x | {p['unguided_fd_ratio']:.2f}x |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _hardware(results: dict) -> str:
+    return next(iter(next(iter(results.values())).values()))["hardware"]
+
+
+def plot(results: dict) -> None:
+    """Fréchet distance against minutes of training, one curve per candidate and budget."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for budget, runs in results.items():
+        for name, r in runs.items():
+            minutes = [p["minutes"] for p in r["points"]]
+            for ax, key in zip(axes, ("unguided_fd_ratio", "guided_fd_ratio"), strict=True):
+                ax.plot(minutes, [p[key] for p in r["points"]], "o-", label=f"{name} ({budget})")
+    for ax, kind in zip(axes, ("unguided", "guided, w = 3"), strict=True):
+        ax.axhline(2.0, color="gray", ls=":", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("minutes of training")
+        ax.set_title(f"{kind}: DDIM 50, 200 samples", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("Fréchet distance / real floor")
+    axes[1].legend(fontsize=7)
+    fig.suptitle(
+        f"quality against wall-clock: {_hardware(results)}, nothing else running", fontsize=10
+    )
+    fig.tight_layout()
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIGURE, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
