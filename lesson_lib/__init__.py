@@ -13,7 +13,7 @@ forward      the forward process: q_sample, q_step, q_posterior
 param        conversions between eps, x0 and the score
 conventions  alpha, sigma, log-SNR, flow time, EDM sigma; eps <-> v <-> flow velocity
 guidance     classifier-free guidance (cfg, cfg_eps) and label dropout
-losses       the simple eps loss with label dropout
+losses       the simple eps loss with label dropout and min-SNR-gamma weighting
 samplers     DDPM and DDIM steps and loops (trajectories, progress bars, generators)
 solvers      fast ODE solvers: Euler, Heun (EDM), DPM-Solver++(2M)
 flow         flow matching: the straight path, its loss, Euler sampling, the bridge to DDIM
@@ -28,16 +28,16 @@ reflow       rectified flow on points: velocity MLP, reflow pairs, straightness
 text         the toy word-level tokenizer and text encoder
 autoencoder  the VAE of latent diffusion (encode, decode, scale factor)
 latent       latent diffusion with prompt conditioning (generate, attention maps)
-loop         the training loop (EMA, atomic checkpoints, exact resume, DDP)
+loop         the training loop (EMA, atomic checkpoints, exact resume, DDP, time limits, bf16)
 classifier   the MNIST classifier and its loss
 metrics      predictions, accuracy, digit shares, features, novelty
 quality      Fréchet distance beside its floor, and the quality report
 manifest     the typed manifest of shipped models: read, write, verify, ship
-recipes      every shipped model's recipe: model, schedule, data, training settings
+recipes      every training recipe (shipped or not): model, schedule, data, training settings
 pretrained   load(name), load_run(DIR): models rebuilt from their recipes, weights verified
 snapshots    sample grids saved while training (History)
 widgets      sliders over precomputed pictures (Explorer)
 exercises    the learner's exercises: check(name, answer), hint, solution
-train        python -m lesson_lib.train --config NAME --out DIR
+train        python -m lesson_lib.train --config NAME --out DIR (--steps N or --minutes M)
 sample       python -m lesson_lib.sample --model mnist --sampler ddim --steps 50 --w 3
 """

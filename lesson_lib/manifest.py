@@ -143,17 +143,18 @@ def record_quality(name: str, quality: dict) -> None:
     write_manifest(entries)
 
 
-def ship(run: str | Path) -> None:
+def ship(run: str | Path, files: bool = True) -> None:
     """Copy a finished run's files into lesson_lib/weights and record them in the manifest,
-    under the name of the recipe that trained them (the quality is measured afterwards)."""
+    under the name of the recipe that trained them (the quality is measured afterwards).
+    ``files=False`` records the run's entry alone: how it was trained, not its weights."""
     run = Path(run)
     entry = read_run_entry(run)
-    files = {}
+    shipped = {}
     for key, src in [("file", run / "model.pt"), ("history", run / "history.pt")]:
-        if src.exists():
+        if files and src.exists():
             dst = WEIGHTS / f"{entry.recipe}{'' if key == 'file' else '_history'}.pt"
             shutil.copyfile(src, dst)
-            files |= {key: dst.name, f"{key}_sha256": sha256(dst)}
+            shipped |= {key: dst.name, f"{key}_sha256": sha256(dst)}
     entries = read_manifest()
-    entries[entry.recipe] = replace(entry, **files)
+    entries[entry.recipe] = replace(entry, **shipped)
     write_manifest(entries)

@@ -1,6 +1,7 @@
 """Where a CPU training step of the course U-Net spends its time, and what each speed lever buys.
 
     OMP_NUM_THREADS=2 python scripts/profile_training.py      # on an otherwise idle machine
+    python scripts/profile_training.py --report              # the tables, from the results
 
 1. torch.profiler over training steps of the shipped ``mnist`` recipe (batch 64, float32):
    the share of the step in the convolutions (forward and backward) against everything around
@@ -16,7 +17,9 @@ Results: docs/benchmarks_training_speed.json, and the tables printed for docs/be
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 import os
 import platform
 import time
@@ -103,6 +106,11 @@ def breakdown(recipe, steps=5) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--report", action="store_true", help="print the tables of OUT, only")
+    if parser.parse_args().report:
+        print(markdown(json.loads(OUT.read_text())))
+        return
     threads = int(os.environ.get("OMP_NUM_THREADS", 2))
     torch.set_num_threads(threads)
     mnist = RECIPES["mnist"]

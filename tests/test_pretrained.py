@@ -119,3 +119,18 @@ def test_changing_a_loaded_schedule_does_not_change_the_next_load():
     again = pretrained.load("mnist").schedule
     fresh = NoiseSchedule.linear(1000)  # the shipped model's schedule
     assert torch.equal(again.betas, fresh.betas) and torch.equal(again.alpha_bar, fresh.alpha_bar)
+
+
+def test_a_run_recorded_without_its_files_says_so_when_loaded(tmp_path, weights_copy):
+    from lesson_lib.train import main
+
+    out = tmp_path / "run"
+    main(["--config", "mnist_tiny", "--steps", "2", "--out", str(out), "--device", "cpu",
+          "--no-progress"])  # fmt: skip
+    before = sorted(p.name for p in weights_copy.iterdir())
+    manifest.ship(out, files=False)
+    assert sorted(p.name for p in weights_copy.iterdir()) == before  # nothing copied
+    entry = manifest.read_entry("mnist_tiny")
+    assert entry.steps == 2 and entry.file is None and entry.history is None
+    with pytest.raises(ValueError, match="'mnist_tiny' has no file"):
+        pretrained.load("mnist_tiny")

@@ -127,16 +127,18 @@ def test_every_module_fits_in_300_lines(path):
     assert len(path.read_text().splitlines()) <= 300
 
 
-def _measure_notebooks():
-    """scripts/measure_notebooks.py as a module: the one place the run-time text is made."""
+def _script(name: str):
+    """scripts/NAME.py as a module: the one place its text for the docs is made."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(
-        "measure_notebooks", ROOT / "scripts" / "measure_notebooks.py"
-    )
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _measure_notebooks():
+    return _script("measure_notebooks")
 
 
 def _notebook_times() -> dict:
@@ -180,4 +182,17 @@ def test_notebook_header_run_time_is_the_measured_one(path):
     assert measure.header_with_time(header, entry, times) == header, (
         f"{path.name}: the header's run time differs from docs/notebook_times.json: run "
         "python scripts/measure_notebooks.py --text-only"
+    )
+
+
+def test_the_training_figures_in_the_docs_are_the_measured_ones():
+    docs = (ROOT / "docs" / "benchmarks.md").read_text()
+    training, profile = _script("benchmark_training"), _script("profile_training")
+    assert training.tables(json.loads(training.RESULTS.read_text())) in docs, (
+        "docs/benchmarks.md's training tables differ from docs/benchmarks_training.json: paste "
+        "the tables of python scripts/benchmark_training.py --report"
+    )
+    assert profile.markdown(json.loads(profile.OUT.read_text())) in docs, (
+        "docs/benchmarks.md's step profile differs from docs/benchmarks_training_speed.json: "
+        "paste the tables python scripts/profile_training.py printed"
     )
