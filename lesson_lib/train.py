@@ -50,9 +50,9 @@ def _hardware(device: torch.device, world: int) -> str:
 PLAN = "plan.json"
 
 
-def _plan(recipe, minutes: float, out: Path, device, world: int, rank: int) -> dict:
+def _plan(recipe, model, data, minutes: float, out: Path, device, world: int, rank: int) -> dict:
     """The run's plan for a budget of ``minutes``: read from ``out/plan.json`` when a run there
-    made one, else timed now (on rank 0; every rank gets the same)."""
+    made one, else timed now on a copy of ``model`` (every rank times; rank 0's plan is used)."""
     if (out / PLAN).exists():
         plan = json.loads((out / PLAN).read_text())
         if plan["minutes"] != minutes:
@@ -62,26 +62,20 @@ def _plan(recipe, minutes: float, out: Path, device, world: int, rank: int) -> d
             )
         return plan
     start = time.perf_counter()
-    model, data = recipe.make_model(), recipe.load_data()
     _, per_step = plan_steps(model, recipe.loss, data, recipe.train, 60 * minutes, device)
-    if recipe.sample_grid is not None:  # the history's snapshots come out of the budget too
-        tick = time.perf_counter()
-        with torch.no_grad():
-            recipe.sample_grid(model.to(device).eval(), *History.inputs(device))
-        snapshot = time.perf_counter() - tick
-    seconds = 60 * minutes - (time.perf_counter() - start)  # the timing comes out of it too
+    snapshots = 0.0  # the history's snapshots come out of the budget too
     if recipe.sample_grid is not None:
-        seconds -= HISTORY_SNAPSHOTS * snapshot
+        tick = time.perf_counter()
+        with torch.no_grad():  # deterministic sampling: the model and random state are unchanged
+            recipe.sample_grid(model.to(device).eval(), *History.inputs(device))
+        snapshots = HISTORY_SNAPSHOTS * (time.perf_counter() - tick)
+    timing = time.perf_counter() - start  # and so does the timing
+    seconds = 60 * minutes - timing - snapshots
     if seconds < 10 * per_step:
         raise ValueError(
-            f"minutes={minutes:g} is too short for {recipe.name!r}: timing it took "
-            f"{time.perf_counter() - start:.0f} s, a step takes {per_step:.2f} s"
-            + (
-                f" and its {HISTORY_SNAPSHOTS} history snapshots {HISTORY_SNAPSHOTS * snapshot:.0f} s"
-                if recipe.sample_grid is not None
-                else ""
-            )
-            + "; give more minutes"
+            f"minutes={minutes:g} is too short for {recipe.name!r}: timing it took {timing:.0f} s, "
+            f"a step takes {per_step:.2f} s and the sample history's snapshots {snapshots:.0f} s; "
+            "give more minutes"
         )
     plan = {
         "minutes": minutes,
@@ -156,12 +150,12 @@ def run(
     steps or, given ``minutes``, for the steps planned to fit; rank 0 writes ``model.pt``,
     ``info.json`` and the sample history. ``callback`` runs beside the history's."""
     world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+    torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank
+    model, data = recipe.make_model(), recipe.load_data()
     plan = None
     if minutes is not None:
-        plan = _plan(recipe, minutes, out, device, world, rank)
+        plan = _plan(recipe, model, data, minutes, out, device, world, rank)
         recipe = replace(recipe, train=replace(recipe.train, steps=plan["steps"]))
-    torch.manual_seed(recipe.train.seed)  # the same initial weights on every rank
-    model = recipe.make_model()
     calls = [callback] if callback is not None else []
     if recipe.sample_grid is not None and rank == 0:
         calls.append(History(recipe, out / "history.pt", every_for(recipe), device))
@@ -169,7 +163,7 @@ def run(
     result = train(
         model,
         recipe.loss,
-        recipe.load_data(),
+        data,
         recipe.train,
         out_dir=out,
         device=device,
