@@ -87,7 +87,9 @@ CANDIDATES = {
 
 
 class Keeper:
-    """Keeps the EMA weights at each mark (minutes since training started), as the callback."""
+    """Keeps the EMA weights at each mark, as the callback. Its clock starts before the plan is
+    timed, so a mark's minutes include the planning (seconds); the end of the run is kept by
+    train_candidate with the loop's own count, training seconds only."""
 
     def __init__(self, out: Path, marks: list[float]):
         self.out, self.marks, self.start = out, sorted(marks), time.perf_counter()
@@ -143,11 +145,12 @@ def score_candidate(name, minutes, marks, out, reference, train, heldout, device
                 "unguided_histogram": scores["ddim50_unguided"]["histogram"],
             }
         )
+    plan = json.loads((out / "plan.json").read_text())
     return {
         "about": recipe.about,
         "train_config": info["train_config"],
-        "planned_steps": json.loads((out / "plan.json").read_text())["steps"],
-        "seconds_per_step": json.loads((out / "plan.json").read_text())["seconds_per_step"],
+        "planned_steps": plan["steps"],
+        "seconds_per_step": plan["seconds_per_step"],
         "steps": info["steps"],
         "hardware": info["hardware"],
         "points": points,
