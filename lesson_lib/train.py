@@ -2,8 +2,8 @@
 
 ``--minutes M`` in place of ``--steps`` gives the run a wall-clock budget: a few steps are timed,
 the learning-rate schedule is planned for the steps that fit (written to ``DIR/plan.json``, so a
-resumed run keeps the plan and its command reproduces it with ``--steps``), and the run stops on
-time with a checkpoint.
+resumed run keeps the plan), and the run stops on time with a checkpoint. The run's recorded
+command is then the ``--minutes`` one: the steps taken depend on the machine's speed.
 
 Resumes from ``DIR/checkpoint.pt`` when it exists. Under ``torchrun --nproc_per_node K`` it trains
 data-parallel (PyTorch DDP: gloo on CPU, nccl on GPU); only rank 0 writes. At the end ``DIR``
@@ -180,7 +180,8 @@ def run(
             schedule=None if recipe.schedule is None else f"linear, T={recipe.schedule.T}",
             data=recipe.data,
             command=f"python -m lesson_lib.train --config {recipe.name} "
-            f"--steps {recipe.train.steps} --out {shlex.quote(str(out))}",
+            + (f"--steps {recipe.train.steps}" if plan is None else f"--minutes {minutes:g}")
+            + f" --out {shlex.quote(str(out))}",
             steps=result.step,
             train_config=asdict(recipe.train),
             hardware=_hardware(device, world),
