@@ -22,7 +22,8 @@ number of network calls, on the same noise and labels, guided (w = 3) and unguid
 docs/benchmarks_flow.json (``--write-manifest`` records mnist_flow's figures; ``--flow-run DIR``
 scores a training run's folder in its place; ``--flow-only mnist`` or ``mnist_flow`` scores one
 side and keeps the other's figures from the results file). ``--markdown``
-prints the table of an existing results file for docs/benchmarks.md, without sampling.
+prints the table of an existing results file for docs/benchmarks.md, without sampling;
+``--compare LABEL=FILE ...`` prints one table of several (``--ddpm``) results files.
 """
 
 from __future__ import annotations
@@ -215,6 +216,26 @@ def flow_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def comparison_markdown(results: dict[str, dict]) -> str:
+    """A docs/benchmarks.md table of course U-Nets, one row per results file of this script run
+    with ``--ddpm``: ``results`` maps each row's label to its file's contents."""
+    lines = [
+        "| model | guided w = 3: asked digit | guided: Fréchet / floor "
+        "| unguided: Fréchet / floor | DDPM-1000 unguided: Fréchet / floor |",
+        "|---|---|---|---|---|",
+    ]
+    for label, r in results.items():
+        g, u, d = (
+            r["course"][k] for k in ("ddim50_guided_w3", "ddim50_unguided", "ddpm1000_unguided")
+        )
+        lines.append(
+            f"| {label} | {g['accuracy']:.1%} "
+            f"| {g['fd']:.2f} / {g['fd_floor']:.2f} = {g['fd_ratio']:.2f}x "
+            f"| {u['fd']:.2f} / {u['fd_floor']:.2f} = {u['fd_ratio']:.2f}x | {d['fd_ratio']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
 def flow_benchmark(args, results, eps, reference, train, heldout, device) -> None:
     """``--flow``: score mnist_flow (or ``--flow-run``) beside mnist, write, record. With
     ``--flow-only`` one side is scored and the other kept from ``--out``."""
@@ -274,6 +295,12 @@ def main() -> None:
     parser.add_argument(
         "--markdown", action="store_true", help="print the table of --out (with --flow) and stop"
     )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="LABEL=FILE",
+        help="print a table of these results files (each row labelled) and stop",
+    )
     parser.add_argument("--out", type=Path, help="results file (default docs/benchmarks_*.json)")
     args = parser.parse_args()
     if args.write_manifest and (args.course or args.clip_x0):
@@ -288,6 +315,14 @@ def main() -> None:
         parser.error("--write-manifest records mnist_flow: not with --flow-only mnist")
     if args.markdown and not args.flow:
         parser.error("--markdown prints the --flow table: give --flow too")
+    if args.compare:
+        pairs = [item.partition("=") for item in args.compare]
+        bad = [item for item, (_, eq, _) in zip(args.compare, pairs, strict=True) if not eq]
+        if bad:
+            parser.error(f"--compare takes LABEL=FILE, got {bad}")
+        files = {label: json.loads(Path(f).read_text()) for label, _, f in pairs}
+        print(comparison_markdown(files))
+        return
     default = "benchmarks_flow.json" if args.flow else "benchmarks_models.json"
     args.out = args.out or ROOT / "docs" / default
     if args.markdown:

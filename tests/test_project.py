@@ -196,3 +196,17 @@ def test_the_training_figures_in_the_docs_are_the_measured_ones():
         "docs/benchmarks.md's step profile differs from docs/benchmarks_training_speed.json: "
         "paste the tables python scripts/profile_training.py printed"
     )
+
+
+def test_the_two_hour_comparison_in_the_docs_is_the_measured_one():
+    docs = (ROOT / "docs" / "benchmarks.md").read_text()
+    rows = {
+        "`mnist` as shipped (float32, lr 1e-3)": "docs/benchmarks_models.json",
+        "`mnist_fast`'s settings, 120 minutes": "docs/benchmarks_models_fast120.json",
+    }
+    results = {label: json.loads((ROOT / f).read_text()) for label, f in rows.items()}
+    assert _script("benchmark_models").comparison_markdown(results) in docs, (
+        "docs/benchmarks.md's two-hour comparison differs from its results files: paste the "
+        "table of python scripts/benchmark_models.py --compare "
+        + " ".join(f"'{label}={f}'" for label, f in rows.items())
+    )
