@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -64,6 +64,7 @@ class TrainResult:
     losses: list[tuple[int, float]]  # (step, mean loss over the last log_every steps)
     step: int  # the step the run ended at
     seconds: float  # wall-clock seconds of training, over every session of a resumed run
+    config: TrainConfig  # the settings it ended with (``steps`` as re-planned by fit_to_time)
 
 
 def _lr_at(config: TrainConfig, step: int) -> float:
@@ -145,19 +146,26 @@ def plan_steps(
     return max(1, int(seconds / per_step)), per_step
 
 
+def _refit(config: TrainConfig, step: int, per_step: float, seconds_left: float) -> TrainConfig:
+    """``config`` with its steps re-planned so that the schedule ends as the time runs out: the
+    steps taken and those that fit in ``seconds_left`` at ``per_step``, less 3% (none: the
+    schedule ends here)."""
+    return replace(config, steps=step + int(0.97 * max(0.0, seconds_left) / per_step))
+
+
 def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
-def _agreed(flag: bool, device: torch.device, world: int) -> bool:
-    """``flag`` on rank 0, the same on every rank (DDP ranks must stop at the same step)."""
+def _agreed(value: int, device: torch.device, world: int) -> int:
+    """``value`` on rank 0, the same on every rank (DDP ranks must stop at the same step)."""
     if world == 1:
-        return flag
-    out = torch.tensor([float(flag)], device=device)
+        return value
+    out = torch.tensor([value], dtype=torch.int64, device=device)
     dist.broadcast(out, 0)
-    return bool(out.item())
+    return int(out.item())
 
 
 def train(
@@ -170,6 +178,7 @@ def train(
     progress: bool = True,
     callback: Callable[[int, float, nn.Module], None] | None = None,
     time_limit: float | None = None,
+    fit_to_time: bool = False,
 ) -> TrainResult:
     """Train ``model`` by minimising ``loss_fn(model, batch, generator)`` over random batches of ``data``.
 
@@ -181,9 +190,15 @@ def train(
     ``callback(step, loss, ema_model)`` runs on rank 0 every ``log_every`` steps.
     ``time_limit``: seconds of training (counted over every session of a resumed run); the run
     stops at the first step past it, with a checkpoint, even if ``config.steps`` is not reached.
+    ``fit_to_time``: at every logged step after the first, ``config.steps`` (and so the
+    learning-rate schedule's end) is re-planned for the time left at the pace measured since
+    that first one, so the schedule ends on time when the machine runs slower or faster than a
+    plan timed beforehand (loop.plan_steps) foresaw; a resumed run keeps the last re-plan.
     """
     if time_limit is not None:
         check_real("time_limit", time_limit, low=0.0, low_open=True)
+    if fit_to_time and time_limit is None:
+        raise ValueError("fit_to_time=True re-plans the steps for a time_limit: give one")
     rank, world = _distributed()
     if config.batch_size % world:
         raise ValueError(f"batch_size={config.batch_size} must be divisible by the {world} ranks")
@@ -209,6 +224,8 @@ def train(
         opt.load_state_dict(ckpt["optimizer"])
         step, losses = ckpt["step"], [tuple(x) for x in ckpt["losses"]]
         spent = ckpt.get("seconds", 0.0)
+        if fit_to_time:  # the schedule's end as last re-planned, not the caller's first plan
+            config = replace(config, steps=ckpt["config"]["steps"])
         if rank == 0:
             print(f"resumed from {path} at step {step} of {config.steps}", file=sys.stderr)
         if "random_states" in ckpt:
@@ -252,6 +269,7 @@ def train(
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc="training")
     running, counted = 0.0, 0
+    paced = None  # (step, time) of this session's first logged step: fit_to_time's pace
     try:
         while step < config.steps:
             if time_limit is not None and _agreed(seconds() >= time_limit, device, world):
@@ -277,6 +295,13 @@ def train(
                 if callback is not None and rank == 0:
                     callback(step, running / counted, ema)
                 running, counted = 0.0, 0
+                if fit_to_time and paced is None:
+                    paced = (step, time.perf_counter())
+                elif fit_to_time:
+                    per_step = (time.perf_counter() - paced[1]) / (step - paced[0])
+                    refit = _refit(config, step, per_step, time_limit - seconds())
+                    config = replace(config, steps=_agreed(refit.steps, device, world))
+                    bar.total = config.steps
             bar.update(1)
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 checkpoint()
@@ -287,4 +312,4 @@ def train(
     finally:
         bar.close()
     checkpoint()
-    return TrainResult(model=ema, losses=losses, step=step, seconds=seconds())
+    return TrainResult(model=ema, losses=losses, step=step, seconds=seconds(), config=config)

@@ -2,8 +2,10 @@
 
 ``--minutes M`` in place of ``--steps`` gives the run a wall-clock budget: a few steps are timed,
 the learning-rate schedule is planned for the steps that fit (written to ``DIR/plan.json``, so a
-resumed run keeps the plan), and the run stops on time with a checkpoint. The run's recorded
-command is then the ``--minutes`` one: the steps taken depend on the machine's speed.
+resumed run keeps the plan) and re-planned as the run goes, at the pace it measures (the machine
+can run slower or faster than the timed steps said: loop.train's ``fit_to_time``), and the run
+stops on time with a checkpoint. The run's recorded command is then the ``--minutes`` one: the
+steps taken depend on the machine's speed, and ``train_config.steps`` is the last re-plan.
 
 Resumes from ``DIR/checkpoint.pt`` when it exists. Under ``torchrun --nproc_per_node K`` it trains
 data-parallel (PyTorch DDP: gloo on CPU, nccl on GPU); only rank 0 writes. At the end ``DIR``
@@ -70,8 +72,8 @@ def _plan(recipe, model, data, minutes: float, out: Path, device, world: int, ra
             recipe.sample_grid(model.to(device).eval(), *History.inputs(device))
         snapshots = HISTORY_SNAPSHOTS * (time.perf_counter() - tick)
     timing = time.perf_counter() - start  # and so does the timing
-    seconds = 60 * minutes - timing - snapshots
-    if seconds < 10 * per_step:
+    seconds = 60 * minutes - timing  # the loop's clock, which the snapshots run on too
+    if seconds - snapshots < 10 * per_step:
         raise ValueError(
             f"minutes={minutes:g} is too short for {recipe.name!r}: timing it took {timing:.0f} s, "
             f"a step takes {per_step:.2f} s and the sample history's snapshots {snapshots:.0f} s; "
@@ -79,8 +81,9 @@ def _plan(recipe, model, data, minutes: float, out: Path, device, world: int, ra
         )
     plan = {
         "minutes": minutes,
-        # 3% is left for what the timing did not see: snapshots, checkpoints, slower moments
-        "steps": max(1, int(0.97 * seconds / per_step)),
+        # 3% is left for what the timing did not see: checkpoints, slower moments; the run
+        # re-plans its steps as it goes (loop.train's fit_to_time)
+        "steps": max(1, int(0.97 * (seconds - snapshots) / per_step)),
         "seconds_per_step": per_step,
         "seconds": seconds,
     }
@@ -170,6 +173,7 @@ def run(
         progress=progress,
         callback=lambda *logged: [call(*logged) for call in calls],
         time_limit=None if plan is None else plan["seconds"],
+        fit_to_time=plan is not None,
     )
     if rank == 0:
         save_atomic(result.model.state_dict(), out / "model.pt")
@@ -183,7 +187,7 @@ def run(
             + (f"--steps {recipe.train.steps}" if plan is None else f"--minutes {minutes:g}")
             + f" --out {shlex.quote(str(out))}",
             steps=result.step,
-            train_config=asdict(recipe.train),
+            train_config=asdict(result.config),
             hardware=_hardware(device, world),
             minutes=None if plan is None else plan["minutes"],
             seconds=round(result.seconds, 1),

@@ -16,7 +16,7 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from lesson_lib.atomic import save_atomic, save_json_atomic
-from lesson_lib.loop import CHECKPOINT, TrainConfig, plan_steps, train
+from lesson_lib.loop import CHECKPOINT, TrainConfig, _lr_at, plan_steps, train
 from lesson_lib.losses import diffusion_loss
 from lesson_lib.schedules import NoiseSchedule
 
@@ -236,6 +236,26 @@ def test_torchrun_two_cpu_ranks_trains_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_two_cpu_ranks_train_by_the_clock(tmp_path):
+    """Each rank times its own steps and re-plans on its own clock; the ranks must still stop at
+    the same step (rank 0's decisions, broadcast), or one would wait forever in DDP's all-reduce.
+    The classifier: a recipe whose steps are cheap and that has no sample history."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+         "-m", "lesson_lib.train", "--config", "mnist_classifier", "--out", str(tmp_path),
+         "--device", "cpu", "--no-progress", "--minutes", "0.3"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("planned") == 1  # rank 0's plan, which both ranks follow
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert ckpt["world"] == 2 and ckpt["step"] == info["steps"]
+    assert ckpt["config"]["steps"] == info["train_config"]["steps"]
+
+
+@pytest.mark.slow
 def test_the_training_command_checkpoints_on_sigterm_and_resumes(tmp_path):
     """`kill` on a run started in the background (SIGINT ignored) leaves a checkpoint behind."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -335,6 +355,47 @@ def test_a_time_limit_stops_the_run_with_a_checkpoint_and_counts_resumed_seconds
 def test_a_time_limit_is_checked(clock):
     with pytest.raises(ValueError, match="time_limit"):
         train(Tiny(), clock.loss, _data(), _config(), progress=False, time_limit=0.0)
+    with pytest.raises(ValueError, match="fit_to_time=True .* give one"):
+        train(Tiny(), clock.loss, _data(), _config(), progress=False, fit_to_time=True)
+
+
+@pytest.mark.parametrize("planned", [1000, 20])  # a plan 10x too long, and 5x too short
+def test_fit_to_time_ends_the_schedule_on_time_whatever_the_plan(clock, planned):
+    """Steps of 1 s and 100 s to spend: the plan's 1000 steps would stop at step 100 with the
+    learning rate near its peak, its 20 would end after 20 s; re-planned, both fill the time."""
+    config = _config(steps=planned, log_every=5, warmup=2)
+    fixed = train(Tiny(), clock.loss, _data(), config, progress=False, time_limit=100.0)
+    assert (fixed.step, fixed.config.steps) == (min(planned, 100), planned)
+    fitted = train(Tiny(), clock.loss, _data(), config, progress=False, time_limit=100.0,
+                   fit_to_time=True)  # fmt: skip
+    # The schedule's end is the step the run ended at, inside the time, nearly all of it spent.
+    assert fitted.step == fitted.config.steps and 95 <= fitted.step <= 100
+    assert _lr_at(fitted.config, fitted.step - 1) < 0.01 * config.lr
+
+
+def test_fit_to_time_resumes_with_its_last_re_plan(tmp_path, clock):
+    def stop_at(step):
+        def callback(at, loss, ema):
+            if at == step:
+                raise KeyboardInterrupt
+
+        return callback
+
+    config = _config(steps=1000, log_every=5, warmup=2)
+    args = (clock.loss, _data(), config, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        train(Tiny(), *args, progress=False, callback=stop_at(40), time_limit=100.0,
+              fit_to_time=True)  # fmt: skip
+    replanned = torch.load(tmp_path / CHECKPOINT, weights_only=True)["config"]["steps"]
+    assert 95 <= replanned <= 100  # re-planned from 1000 at the pace of 1 s a step
+    # Stopped again at the resumed session's first logged step, before it re-plans anything:
+    # the checkpoint holds the re-plan it resumed with, not the caller's 1000.
+    with pytest.raises(KeyboardInterrupt):
+        train(Tiny(), *args, progress=False, callback=stop_at(45), time_limit=100.0,
+              fit_to_time=True)  # fmt: skip
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=True)["config"]["steps"] == replanned
+    done = train(Tiny(), *args, progress=False, time_limit=100.0, fit_to_time=True)
+    assert done.step == done.config.steps and 95 <= done.step <= 100
 
 
 def test_plan_steps_times_a_copy_and_leaves_the_model_and_random_state_alone(clock):
@@ -371,11 +432,13 @@ def test_the_training_command_plans_a_budget_and_keeps_the_plan(tmp_path, capsys
     plan = json.loads((tmp_path / PLAN).read_text())
     assert f"planned {plan['steps']} steps for 0.2 minutes" in capsys.readouterr().err
     info = json.loads((tmp_path / "info.json").read_text())
-    assert info["minutes"] == 0.2 and info["steps"] <= plan["steps"]
+    assert info["minutes"] == 0.2
     # Its one command is the budget's: --steps N would run all N steps, not stop on time.
     command = "python -m lesson_lib.train --config mnist_classifier --minutes 0.2"
     assert info["command"] == f"{command} --out {tmp_path}"
-    assert info["train_config"]["steps"] == plan["steps"]
+    # The steps its schedule ended with: the plan as re-planned on the way (fit_to_time).
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert info["train_config"]["steps"] == ckpt["config"]["steps"] >= info["steps"]
     main([*args, "--minutes", "0.2"])  # resumed: the same plan, not a new one
     assert "planned" not in capsys.readouterr().err
     with pytest.raises(ValueError, match="planned this run for 0.2 minutes"):
