@@ -4,9 +4,9 @@ The loop keeps an EMA copy of the weights (the copy that samples), clips gradien
 bar with the loss, writes checkpoints atomically (temporary file, then rename) every
 ``checkpoint_every`` steps and on Ctrl-C, and resumes exactly where a checkpoint stopped: the
 weights, the optimiser, the step and every random generator are restored. Under ``torchrun`` it
-trains data-parallel with PyTorch DDP; only rank 0 writes. A run can be given a wall-clock
-budget: ``plan_steps`` times a few steps to say how many fit, and ``train(..., time_limit=)``
-stops on time with a checkpoint.
+trains data-parallel with PyTorch DDP; only rank 0 writes. A wall-clock budget: ``plan_steps``
+times a few steps to say how many fit, ``train(..., time_limit=, fit_to_time=)`` re-plans them
+on the way and stops on time with a checkpoint.
 """
 
 from __future__ import annotations
@@ -130,27 +130,18 @@ def plan_steps(
     ema = copy.deepcopy(trial).requires_grad_(False)
     opt = torch.optim.AdamW(trial.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    data = [d.to(device) for d in data]
+    data, n = [d.to(device) for d in data], len(data[0])
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # dropout's draws leave the global state alone
         for step in range(PLAN_STEPS):
             if step == 2:
                 start = time.perf_counter()
-            idx = torch.randint(
-                0, len(data[0]), (config.batch_size,), generator=generator, device=device
-            )
+            idx = torch.randint(0, n, (config.batch_size,), generator=generator, device=device)
             batch = [d[idx] for d in data]
             loss = train_step(trial, trial, ema, opt, loss_fn, batch, generator, config, step)
             loss.item()  # waits for the device
     per_step = (time.perf_counter() - start) / (PLAN_STEPS - 2)
     return max(1, int(seconds / per_step)), per_step
-
-
-def _refit(config: TrainConfig, step: int, per_step: float, seconds_left: float) -> TrainConfig:
-    """``config`` with its steps re-planned so that the schedule ends as the time runs out: the
-    steps taken and those that fit in ``seconds_left`` at ``per_step``, less 3% (none: the
-    schedule ends here)."""
-    return replace(config, steps=step + int(0.97 * max(0.0, seconds_left) / per_step))
 
 
 def _distributed() -> tuple[int, int]:
@@ -190,14 +181,12 @@ def train(
     ``callback(step, loss, ema_model)`` runs on rank 0 every ``log_every`` steps.
     ``time_limit``: seconds of training (counted over every session of a resumed run); the run
     stops at the first step past it, with a checkpoint, even if ``config.steps`` is not reached.
-    ``fit_to_time``: at every logged step after the first, ``config.steps`` (and so the
-    learning-rate schedule's end) is re-planned for the time left at the pace measured since
-    that first one, so the schedule ends on time when the machine runs slower or faster than a
-    plan timed beforehand (loop.plan_steps) foresaw; a resumed run keeps the last re-plan.
+    ``fit_to_time``: re-plan ``config.steps`` (the schedule's end) at every logged step for the
+    time left at this session's pace, so the schedule ends on time; a resume keeps the last.
     """
     if time_limit is not None:
         check_real("time_limit", time_limit, low=0.0, low_open=True)
-    if fit_to_time and time_limit is None:
+    elif fit_to_time:
         raise ValueError("fit_to_time=True re-plans the steps for a time_limit: give one")
     rank, world = _distributed()
     if config.batch_size % world:
@@ -239,16 +228,15 @@ def train(
                     file=sys.stderr,
                 )
 
-    started = time.perf_counter()
+    started, begun = time.perf_counter(), step  # this session's: fit_to_time's pace
 
     def seconds() -> float:
         return spent + time.perf_counter() - started
 
     def checkpoint() -> None:
         here = _random_states(generator, device)
-        states = [here]
+        states = [here] if world == 1 else [None] * world
         if world > 1:
-            states = [None] * world
             dist.all_gather_object(states, here)  # each rank's own, in rank order
         if rank == 0 and path is not None:
             save_atomic(
@@ -269,7 +257,6 @@ def train(
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     bar = tqdm(total=config.steps, initial=step, disable=not progress or rank != 0, desc="training")
     running, counted = 0.0, 0
-    paced = None  # (step, time) of this session's first logged step: fit_to_time's pace
     try:
         while step < config.steps:
             if time_limit is not None and _agreed(seconds() >= time_limit, device, world):
@@ -295,12 +282,10 @@ def train(
                 if callback is not None and rank == 0:
                     callback(step, running / counted, ema)
                 running, counted = 0.0, 0
-                if fit_to_time and paced is None:
-                    paced = (step, time.perf_counter())
-                elif fit_to_time:
-                    per_step = (time.perf_counter() - paced[1]) / (step - paced[0])
-                    refit = _refit(config, step, per_step, time_limit - seconds())
-                    config = replace(config, steps=_agreed(refit.steps, device, world))
+                if fit_to_time:  # the steps that fit in the time left at this pace, less 3%
+                    per_step = (time.perf_counter() - started) / (step - begun)
+                    left = int(0.97 * max(0.0, time_limit - seconds()) / per_step)
+                    config = replace(config, steps=_agreed(step + left, device, world))
                     bar.total = config.steps
             bar.update(1)
             if config.checkpoint_every and step % config.checkpoint_every == 0:
