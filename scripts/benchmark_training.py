@@ -53,11 +53,19 @@ def _variant(name: str, about: str, config=MNIST_UNET, p_uncond=0.5, **changes):
     return unet_recipe(name, about, config, train, p_uncond=p_uncond, min_snr_gamma=gamma)
 
 
+def _fast(name: str, about: str, p_uncond=0.5, **changes):
+    """``mnist_fast`` (bf16, min-SNR-5, peak lr 2e-3) with ``changes`` (TrainConfig fields) and
+    label dropout ``p_uncond``."""
+    levers = {"bf16": True, "min_snr_gamma": 5.0, "lr": 2e-3} | changes
+    return _variant(name, about, p_uncond=p_uncond, **levers)
+
+
 def _live(name: str, about: str, **changes):
-    """``mnist_live`` with ``changes`` to its training settings or (``base_channels``) width."""
+    """``mnist_live`` with ``changes`` to its training settings or to its network's
+    ``base_channels`` (width) and ``attn_levels``."""
     live = RECIPES["mnist_live"]
-    width = changes.pop("base_channels", MNIST_LIVE.base_channels)
-    config = replace(MNIST_LIVE, base_channels=width)
+    network = {k: changes.pop(k) for k in ("base_channels", "attn_levels") if k in changes}
+    config = replace(MNIST_LIVE, **network)
     return unet_recipe(name, about, config, replace(live.train, **changes), min_snr_gamma=5.0)
 
 
@@ -76,6 +84,24 @@ CANDIDATES = {
         lr=2e-3,
     ),
     "mnist_fast": lambda: RECIPES["mnist_fast"],  # the winner, as lesson_lib.recipes has it
+    # mnist_fast's neighbours, for the 30-minute target's unguided side.
+    "fast+uncond0.7": lambda: _fast("fast+uncond0.7", "mnist_fast, label dropout 0.7", 0.7),
+    "fast+uncond0.7+ema0.998+lr3e-3": lambda: _fast(
+        "fast+uncond0.7+ema0.998+lr3e-3",
+        "mnist_fast, label dropout 0.7, EMA 0.998, peak lr 3e-3",
+        0.7,
+        ema_decay=0.998,
+        lr=3e-3,
+    ),
+    # The same, trained after --minutes runs began to re-plan their steps (loop.train's
+    # fit_to_time): the one above stopped on time at 77% of its plan, its schedule unfinished.
+    "fast+uncond0.7+ema0.998+lr3e-3+replanned": lambda: _fast(
+        "fast+uncond0.7+ema0.998+lr3e-3+replanned",
+        "mnist_fast, label dropout 0.7, EMA 0.998, peak lr 3e-3; steps re-planned on the way",
+        0.7,
+        ema_decay=0.998,
+        lr=3e-3,
+    ),
     # Notebook 04's live run (--minutes 1.5): the recipe and its neighbours.
     "mnist_live": lambda: RECIPES["mnist_live"],
     "live+lr4e-3+batch64": lambda: _live(
@@ -83,6 +109,10 @@ CANDIDATES = {
     ),
     "live+width24": lambda: _live("live+width24", "mnist_live, 24 channels", base_channels=24),
     "live+float32": lambda: _live("live+float32", "mnist_live without bf16", bf16=False),
+    "live+noattn": lambda: _live("live+noattn", "mnist_live without attention", attn_levels=()),
+    "live+noattn+lr4e-3": lambda: _live(
+        "live+noattn+lr4e-3", "mnist_live without attention, peak lr 4e-3", attn_levels=(), lr=4e-3
+    ),
 }
 
 
