@@ -29,6 +29,7 @@ from .checks import check_int, check_real, check_tensor
 
 CHECKPOINT = "checkpoint.pt"
 PLAN_STEPS = 12  # steps plan_steps times (the first two, slower, are not counted)
+PLAN_MARGIN = 0.97  # the share of the time left that steps are planned for: checkpoints, slowdowns
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,6 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator(device=device).manual_seed(config.seed * 1000 + rank)
     step, losses, spent = 0, [], 0.0
-
     path = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if path is not None and path.exists():
         ckpt = torch.load(path, map_location=device, weights_only=True)
@@ -282,9 +282,9 @@ def train(
                 if callback is not None and rank == 0:
                     callback(step, running / counted, ema)
                 running, counted = 0.0, 0
-                if fit_to_time:  # the steps that fit in the time left at this pace, less 3%
+                if fit_to_time:  # the steps that fit in the time left at this pace, less a margin
                     per_step = (time.perf_counter() - started) / (step - begun)
-                    left = int(0.97 * max(0.0, time_limit - seconds()) / per_step)
+                    left = int(PLAN_MARGIN * max(0.0, time_limit - seconds()) / per_step)
                     config = replace(config, steps=_agreed(step + left, device, world))
                     bar.total = config.steps
             bar.update(1)

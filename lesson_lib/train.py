@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 
 from .atomic import save_atomic, save_json_atomic
-from .device import pick_device
-from .loop import TrainResult, plan_steps, train
+from .device import cpu_bf16_units, pick_device
+from .loop import PLAN_MARGIN, TrainConfig, TrainResult, plan_steps, train
 from .manifest import RUN_INFO, ModelEntry, ship
 from .recipes import RECIPES, Recipe, get_recipe
 from .snapshots import HISTORY_SNAPSHOTS, History, every_for
@@ -44,12 +44,26 @@ def _hardware(device: torch.device, world: int) -> str:
         what = torch.cuda.get_device_name(device)
     else:
         what = (
-            f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+            f"{platform.processor() or platform.machine()} CPU ({cpu_bf16_units()}), "
+            f"{torch.get_num_threads()} threads"
         )
     return f"{world} x {what}, torch {torch.__version__}"
 
 
 PLAN = "plan.json"
+
+
+def faster_precision(model, loss_fn, data, config, device) -> tuple[TrainConfig, float, dict]:
+    """``config`` as it trains fastest here, and its seconds per step (loop.plan_steps): a bf16
+    ``config`` is timed in float32 too and keeps bf16 autocast only where that is faster (a CPU
+    without AMX runs bf16 convolutions slower than float32: docs/benchmarks.md). The dict holds
+    the seconds per step of each precision timed."""
+    timed = {}
+    for bf16 in (True, False) if config.bf16 else (False,):
+        trial = replace(config, bf16=bf16)
+        timed["bf16" if bf16 else "float32"] = plan_steps(model, loss_fn, data, trial, 1, device)[1]
+    fastest = min(timed, key=timed.get)
+    return replace(config, bf16=fastest == "bf16"), timed[fastest], timed
 
 
 def _plan(recipe, model, data, minutes: float, out: Path, device, world: int, rank: int) -> dict:
@@ -64,7 +78,7 @@ def _plan(recipe, model, data, minutes: float, out: Path, device, world: int, ra
             )
         return plan
     start = time.perf_counter()
-    _, per_step = plan_steps(model, recipe.loss, data, recipe.train, 60 * minutes, device)
+    config, per_step, timed = faster_precision(model, recipe.loss, data, recipe.train, device)
     snapshots = 0.0  # the history's snapshots come out of the budget too
     if recipe.sample_grid is not None:
         tick = time.perf_counter()
@@ -81,11 +95,13 @@ def _plan(recipe, model, data, minutes: float, out: Path, device, world: int, ra
         )
     plan = {
         "minutes": minutes,
-        # 3% is left for what the timing did not see: checkpoints, slower moments; the run
-        # re-plans its steps as it goes (loop.train's fit_to_time)
-        "steps": max(1, int(0.97 * (seconds - snapshots) / per_step)),
+        # a margin is left for what the timing did not see; the run re-plans its steps as it
+        # goes (loop.train's fit_to_time)
+        "steps": max(1, int(PLAN_MARGIN * (seconds - snapshots) / per_step)),
         "seconds_per_step": per_step,
         "seconds": seconds,
+        "bf16": config.bf16,
+        "seconds_per_step_timed": timed,  # of each precision timed
     }
     if world > 1:
         shared = [plan]
@@ -95,8 +111,10 @@ def _plan(recipe, model, data, minutes: float, out: Path, device, world: int, ra
         out.mkdir(parents=True, exist_ok=True)
         save_json_atomic(plan, out / PLAN)
         print(
-            f"planned {plan['steps']} steps for {minutes:g} minutes "
-            f"({per_step:.3f} s per step, timed on {device})",
+            f"planned {plan['steps']} steps for {minutes:g} minutes in "
+            f"{'bf16' if config.bf16 else 'float32'} (per step, timed on {device}: "
+            + ", ".join(f"{k} {v:.3f} s" for k, v in timed.items())
+            + ")",
             file=sys.stderr,
         )
     return plan
@@ -158,7 +176,10 @@ def run(
     plan = None
     if minutes is not None:
         plan = _plan(recipe, model, data, minutes, out, device, world, rank)
-        recipe = replace(recipe, train=replace(recipe.train, steps=plan["steps"]))
+        train_config = replace(
+            recipe.train, steps=plan["steps"], bf16=plan.get("bf16", recipe.train.bf16)
+        )
+        recipe = replace(recipe, train=train_config)
     calls = [callback] if callback is not None else []
     if recipe.sample_grid is not None and rank == 0:
         calls.append(History(recipe, out / "history.pt", every_for(recipe), device))

@@ -167,9 +167,11 @@ def evaluate(
     return score_samplers(model, samplers, labels, reference, train, heldout)
 
 
-def evaluate_flow(models: dict, schedule, reference, train, heldout, device, n) -> dict:
+def evaluate_flow(
+    models: dict, schedule, reference, train, heldout, device, n, calls=FLOW_STEPS
+) -> dict:
     """Score ``models`` ("mnist_flow": Euler over uniform flow times; "mnist": DDIM, eta 0, on
-    ``schedule``) at each of FLOW_STEPS network calls, on the same noise and labels."""
+    ``schedule``) at each number of network ``calls``, on the same noise and labels."""
     noise, labels = fixed_noise(n, device)
 
     def euler(steps):
@@ -183,7 +185,7 @@ def evaluate_flow(models: dict, schedule, reference, train, heldout, device, n) 
     out = {}
     for name, model in models.items():
         prefix, make = samplers[name]
-        runs = [(f"{prefix}{k}", make(k), KINDS) for k in FLOW_STEPS]
+        runs = [(f"{prefix}{k}", make(k), KINDS) for k in calls]
         out[name] = score_samplers(model, runs, labels, reference, train, heldout)
     return out
 

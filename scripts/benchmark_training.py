@@ -3,13 +3,15 @@
     OMP_NUM_THREADS=2 python scripts/benchmark_training.py --minutes 10 --marks 5,10
     OMP_NUM_THREADS=2 python scripts/benchmark_training.py --minutes 30 --marks 10,20,30 \\
         --candidates mnist_fast
-    python scripts/benchmark_training.py --markdown      # the tables, from the results file
+    python scripts/benchmark_training.py --report        # the tables and curves, from the results
 
 Each candidate is trained in turn by ``lesson_lib.train.run`` (the code of ``python -m
-lesson_lib.train --minutes M``: the steps that fit are planned, the run stops on time) into
-``runs/bench_<minutes>min/<candidate>``; the EMA weights are kept at each mark (minutes of
+lesson_lib.train --minutes M``: the steps that fit are planned, in bf16 where the recipe has it
+and it times faster, and the run stops on time) into
+``runs/bench_<budget>/<candidate>``; the EMA weights are kept at each mark (minutes of
 training) and scored afterwards as ``scripts/benchmark_models.py`` scores the shipped model: DDIM
-50, the same 200 noises, guided (w = 3) and unguided, Fréchet distance beside the real floor.
+50 (a flow model: Euler, 50 calls), the same 200 noises, guided (w = 3) and unguided, Fréchet
+distance beside the real floor. A budget run on a CPU without AMX is kept apart from the others.
 Training a candidate is skipped when its run folder is complete, so an interrupted benchmark
 resumes. Results: docs/benchmarks_training.json, the curves: docs/images/training_curves.png.
 """
@@ -32,6 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from lesson_lib.atomic import save_atomic, save_json_atomic
 from lesson_lib.data import load_mnist
+from lesson_lib.device import cpu_bf16_units
 from lesson_lib.pretrained import load
 from lesson_lib.quality import FrechetReference
 from lesson_lib.recipes import MNIST_LIVE, MNIST_UNET, RECIPES, unet_recipe
@@ -39,7 +42,7 @@ from lesson_lib.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from benchmark_models import evaluate  # noqa: E402
+from benchmark_models import evaluate, evaluate_flow  # noqa: E402
 
 RESULTS = ROOT / "docs" / "benchmarks_training.json"
 FIGURE = ROOT / "docs" / "images" / "training_curves.png"
@@ -60,13 +63,22 @@ def _fast(name: str, about: str, p_uncond=0.5, **changes):
     return _variant(name, about, p_uncond=p_uncond, **levers)
 
 
-def _live(name: str, about: str, **changes):
+def _flow(name: str, about: str, p_uncond=0.5, **changes):
+    """``mnist_flow`` (the ``mnist`` U-Net trained by flow matching) with bf16 and ``changes``
+    (TrainConfig fields), label dropout ``p_uncond``: scored by Euler over 50 flow times."""
+    config = replace(MNIST_UNET, continuous_time=True)
+    train = replace(RECIPES["mnist_flow"].train, bf16=True, **changes)
+    return unet_recipe(name, about, config, train, p_uncond=p_uncond)
+
+
+def _live(name: str, about: str, flow=False, **changes):
     """``mnist_live`` with ``changes`` to its training settings or to its network's
-    ``base_channels`` (width) and ``attn_levels``."""
+    ``base_channels`` (width) and ``attn_levels``; ``flow``: trained by flow matching instead."""
     live = RECIPES["mnist_live"]
     network = {k: changes.pop(k) for k in ("base_channels", "attn_levels") if k in changes}
-    config = replace(MNIST_LIVE, **network)
-    return unet_recipe(name, about, config, replace(live.train, **changes), min_snr_gamma=5.0)
+    config = replace(MNIST_LIVE, continuous_time=flow, **network)
+    gamma = None if flow else 5.0  # min-SNR weights the eps loss
+    return unet_recipe(name, about, config, replace(live.train, **changes), min_snr_gamma=gamma)
 
 
 # Each lever alone, then together; `mnist` is the shipped recipe (float32, lr 1e-3, batch 64).
@@ -102,6 +114,15 @@ CANDIDATES = {
         ema_decay=0.998,
         lr=3e-3,
     ),
+    # The prediction target: flow matching (notebook 09) with the levers above but min-SNR,
+    # which weights the eps loss.
+    "flow+uncond0.7+ema0.998+lr3e-3": lambda: _flow(
+        "flow+uncond0.7+ema0.998+lr3e-3",
+        "mnist_flow (flow matching), bf16, label dropout 0.7, EMA 0.998, peak lr 3e-3",
+        0.7,
+        ema_decay=0.998,
+        lr=3e-3,
+    ),
     # Notebook 04's live run (--minutes 1.5): the recipe and its neighbours.
     "mnist_live": lambda: RECIPES["mnist_live"],
     "live+lr4e-3+batch64": lambda: _live(
@@ -112,6 +133,17 @@ CANDIDATES = {
     "live+noattn": lambda: _live("live+noattn", "mnist_live without attention", attn_levels=()),
     "live+noattn+lr4e-3": lambda: _live(
         "live+noattn+lr4e-3", "mnist_live without attention, peak lr 4e-3", attn_levels=(), lr=4e-3
+    ),
+    "live+flow": lambda: _live("live+flow", "mnist_live trained by flow matching", flow=True),
+    "live+flow+lr4e-3": lambda: _live(
+        "live+flow+lr4e-3", "mnist_live by flow matching, peak lr 4e-3", flow=True, lr=4e-3
+    ),
+    "live+flow+noattn+lr4e-3": lambda: _live(
+        "live+flow+noattn+lr4e-3",
+        "mnist_live by flow matching, without attention, peak lr 4e-3",
+        flow=True,
+        attn_levels=(),
+        lr=4e-3,
     ),
 }
 
@@ -161,18 +193,27 @@ def score_candidate(name, minutes, marks, out, reference, train, heldout, device
         kept = torch.load(out / f"at_{mark:g}min.pt", map_location=device, weights_only=True)
         model.load_state_dict(kept["state"])
         print(f"\n== {name} at {mark:g} minutes (step {kept['step']})", file=sys.stderr)
-        scores = evaluate(
-            model, recipe.schedule, reference, train, heldout, device, 200, None, False
-        )
+        if recipe.schedule is None:  # a flow model: Euler, 50 calls on the same noises as DDIM 50
+            sampler = "euler50"
+            scores = evaluate_flow(
+                {"mnist_flow": model}, None, reference, train, heldout, device, 200, (50,)
+            )["mnist_flow"]
+        else:
+            sampler = "ddim50"
+            scores = evaluate(
+                model, recipe.schedule, reference, train, heldout, device, 200, None, False
+            )
+        guided, unguided = scores[f"{sampler}_guided_w3"], scores[f"{sampler}_unguided"]
         points.append(
             {
                 "mark_minutes": mark,
                 "minutes": kept["minutes"],
                 "step": kept["step"],
-                "guided_accuracy": scores["ddim50_guided_w3"]["accuracy"],
-                "guided_fd_ratio": scores["ddim50_guided_w3"]["fd_ratio"],
-                "unguided_fd_ratio": scores["ddim50_unguided"]["fd_ratio"],
-                "unguided_histogram": scores["ddim50_unguided"]["histogram"],
+                "sampler": sampler,
+                "guided_accuracy": guided["accuracy"],
+                "guided_fd_ratio": guided["fd_ratio"],
+                "unguided_fd_ratio": unguided["fd_ratio"],
+                "unguided_histogram": unguided["histogram"],
             }
         )
     plan = json.loads((out / "plan.json").read_text())
@@ -211,7 +252,8 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cpu":  # the reference machine's 2 cores, unless OMP_NUM_THREADS says
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
-    folder = ROOT / "runs" / f"bench_{args.minutes:g}min"
+    key = budget_name(args.minutes, device)
+    folder = ROOT / "runs" / f"bench_{key.replace(' ', '_')}"
     for name in names:  # every candidate trains before any is scored: the same quiet machine
         train_candidate(name, args.minutes, marks, folder / name, device)
 
@@ -220,7 +262,7 @@ def main() -> None:
     classifier = load("mnist_classifier", device).model
     reference = FrechetReference(classifier, train.to(device), heldout.to(device))
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    budget = results.setdefault(f"{args.minutes:g} minutes", {})
+    budget = results.setdefault(key, {})
     for name in names:
         budget[name] = score_candidate(
             name, args.minutes, marks, folder / name, reference, train, heldout, device
@@ -228,6 +270,13 @@ def main() -> None:
         save_json_atomic(results, args.out)
     print(f"wrote {args.out}")
     report(results)
+
+
+def budget_name(minutes: float, device: torch.device) -> str:
+    """The results' key for a budget: its minutes, and whether the CPU lacks AMX, whose bf16 is
+    slower than float32 (docs/benchmarks.md), so that two kinds of CPU are not mixed."""
+    amx = device.type != "cpu" or "amx_bf16" in cpu_bf16_units()
+    return f"{minutes:g} minutes" + ("" if amx else " on a CPU without AMX")
 
 
 def report(results: dict) -> None:
@@ -241,7 +290,7 @@ def tables(results: dict) -> str:
     lines = []
     for budget, runs in results.items():
         lines += [
-            f"{budget} of training per candidate, {_hardware(results)}:",
+            f"Training for {budget}, per candidate: {_hardware(runs)}:",
             "",
             "| candidate | s / step (timed) | step of planned | minutes | guided w = 3: asked digit "
             "| guided: Fréchet / floor | unguided: Fréchet / floor |",
@@ -259,8 +308,8 @@ def tables(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _hardware(results: dict) -> str:
-    return next(iter(next(iter(results.values())).values()))["hardware"]
+def _hardware(runs: dict) -> str:
+    return next(iter(runs.values()))["hardware"]
 
 
 def plot(results: dict) -> None:
@@ -280,7 +329,7 @@ def plot(results: dict) -> None:
     axes[0].set_ylabel("Fréchet distance / real floor")
     axes[1].legend(fontsize=7)
     fig.suptitle(
-        f"quality against wall-clock: {_hardware(results)}, nothing else running", fontsize=10
+        "quality against wall-clock: the 2-core CPU, 2 threads, nothing else running", fontsize=10
     )
     fig.tight_layout()
     FIGURE.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=2 python scripts/profile_training.py      # on an otherwise idle machine
     python scripts/profile_training.py --report              # the tables, from the results
+    OMP_NUM_THREADS=2 python scripts/profile_training.py --out docs/benchmarks_training_speed_noamx.json
 
 1. torch.profiler over training steps of the shipped ``mnist`` recipe (batch 64, float32):
    the share of the step in the convolutions (forward and backward) against everything around
@@ -10,7 +11,8 @@
    argument checks, module calls).
 2. Seconds per training step (median over 10 steps after 3 warm-up steps) for each speed
    lever alone: bf16 autocast, ``channels_last``, ``torch.compile``, threads, batch size,
-   network width. The levers that change the arithmetic (bf16, width, batch) are scored for
+   network width, and notebook 04's live U-Net in both precisions. Whether bf16 pays depends on
+   the CPU's matrix units (AMX, listed under "device" with the other bf16 flags). The levers that change the arithmetic (bf16, width, batch) are scored for
    quality by scripts/benchmark_training.py.
 Results: docs/benchmarks_training_speed.json, and the tables printed for docs/benchmarks.md.
 """
@@ -30,6 +32,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from lesson_lib.atomic import save_json_atomic
+from lesson_lib.device import cpu_bf16_units
 from lesson_lib.loop import train_step
 from lesson_lib.recipes import MNIST_UNET, RECIPES, unet_recipe
 
@@ -107,9 +110,11 @@ def breakdown(recipe, steps=5) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--report", action="store_true", help="print the tables of OUT, only")
-    if parser.parse_args().report:
-        print(markdown(json.loads(OUT.read_text())))
+    parser.add_argument("--report", action="store_true", help="print the tables of --out, only")
+    parser.add_argument("--out", type=Path, default=OUT, help="the results file")
+    args = parser.parse_args()
+    if args.report:
+        print(markdown(json.loads(args.out.read_text())))
         return
     threads = int(os.environ.get("OMP_NUM_THREADS", 2))
     torch.set_num_threads(threads)
@@ -117,12 +122,16 @@ def main() -> None:
     bf16 = replace(mnist, train=replace(mnist.train, bf16=True))
     min_snr = unet_recipe("min-SNR", "", MNIST_UNET, bf16.train, p_uncond=0.5, min_snr_gamma=5.0)
 
+    live = RECIPES["mnist_live"]
+    live32 = replace(live, train=replace(live.train, bf16=False))
+
     def width(base):
         config = replace(MNIST_UNET, base_channels=base)
         return unet_recipe(f"width {base}", "", config, mnist.train, p_uncond=0.5)
 
     results = {
-        "device": f"{platform.processor() or platform.machine()} CPU, {threads} threads",
+        "device": f"{platform.processor() or platform.machine()} CPU ({cpu_bf16_units()}), "
+        f"{threads} threads",
         "torch": torch.__version__,
         "breakdown_float32": breakdown(mnist),
         "breakdown_bf16": breakdown(bf16),
@@ -139,6 +148,8 @@ def main() -> None:
         "batch 128 (per 64 samples)": lambda: Stepper(mnist, batch_size=128),
         "width 24 (base channels)": lambda: Stepper(width(24)),
         "width 16 (base channels)": lambda: Stepper(width(16)),
+        "live U-Net, batch 32, float32 (per 64 samples)": lambda: Stepper(live32, batch_size=32),
+        "live U-Net, batch 32, bf16 (per 64 samples)": lambda: Stepper(live, batch_size=32),
     }
     speed = {}
     for name, make in levers.items():
@@ -154,8 +165,8 @@ def main() -> None:
         speed["1 thread"] = {"seconds_per_step": seconds_per_step(Stepper(mnist))}
         torch.set_num_threads(threads)
     results["seconds_per_step_b64"] = speed
-    save_json_atomic(results, OUT)
-    print(f"wrote {OUT}\n")
+    save_json_atomic(results, args.out)
+    print(f"wrote {args.out}\n")
     print(markdown(results))
 
 

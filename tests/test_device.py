@@ -1,9 +1,9 @@
-"""Tests for lesson_lib.device: cuda first, then mps, then cpu."""
+"""Tests for lesson_lib.device: cuda first, then mps, then cpu; what a CPU has for bf16."""
 
 import pytest
 import torch
 
-from lesson_lib.device import pick_device
+from lesson_lib.device import cpu_bf16_units, pick_device
 
 
 @pytest.mark.parametrize(
@@ -20,3 +20,20 @@ def test_order(monkeypatch, cuda, mps, expected):
 def test_real_machine():
     device = pick_device()
     assert torch.zeros(1, device=device).device.type == device.type
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        ("fpu avx512f avx512_bf16 amx_bf16 amx_tile", "avx512_bf16, amx_bf16"),
+        ("fpu avx512f avx512_bf16", "avx512_bf16, no AMX"),
+        ("fpu avx2 fma", "no bf16 units"),
+    ],
+)
+def test_cpu_bf16_units_reads_the_cpus_flags(tmp_path, flags, said):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    )
+    assert cpu_bf16_units(cpuinfo) == said
+    assert cpu_bf16_units(tmp_path / "none") == "bf16 units unknown"  # not Linux

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -420,6 +421,41 @@ def test_bf16_runs_the_forward_under_autocast_and_keeps_float32_weights():
     assert all(p.dtype == torch.float32 for p in model.parameters())
     train(model, _loss, _data(), _config(steps=1), progress=False)
     assert seen[-1] == torch.float32
+
+
+@pytest.mark.parametrize("bf16_seconds", [2.0, 0.5])
+def test_faster_precision_keeps_bf16_only_where_it_times_faster(clock, bf16_seconds):
+    from lesson_lib.train import faster_precision
+
+    def loss(model, batch, generator):  # a step under bf16 autocast takes bf16_seconds
+        clock.now += bf16_seconds if torch.is_autocast_enabled("cpu") else 1.0
+        return _loss(model, batch, generator)
+
+    config, per_step, timed = faster_precision(Tiny(), loss, _data(), _config(bf16=True), "cpu")
+    assert timed == {"bf16": bf16_seconds, "float32": 1.0}
+    assert config.bf16 == (bf16_seconds < 1.0) and per_step == min(bf16_seconds, 1.0)
+    assert config == _config(bf16=config.bf16)  # nothing else changed
+    # A float32 config is timed as it is: bf16 is a speed lever only where the recipe allows it.
+    config, per_step, timed = faster_precision(Tiny(), loss, _data(), _config(), "cpu")
+    assert timed == {"float32": 1.0} and not config.bf16 and per_step == 1.0
+
+
+def test_a_budget_trains_in_the_precision_its_plan_chose(tmp_path, monkeypatch, capsys):
+    import lesson_lib.train as command
+
+    def bf16_timed_faster(model, loss_fn, data, config, device):
+        return replace(config, bf16=True), 0.01, {"bf16": 0.01, "float32": 0.02}
+
+    monkeypatch.setattr(command, "faster_precision", bf16_timed_faster)
+    command.main(["--config", "mnist_classifier", "--out", str(tmp_path), "--device", "cpu",
+                  "--no-progress", "--minutes", "0.1"])  # fmt: skip
+    assert "minutes in bf16 (per step, timed on cpu: bf16 0.010 s, float32 0.020 s)" in (
+        capsys.readouterr().err
+    )
+    plan = json.loads((tmp_path / command.PLAN).read_text())
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert plan["bf16"] and plan["seconds_per_step_timed"] == {"bf16": 0.01, "float32": 0.02}
+    assert info["train_config"]["bf16"]  # the recipe's float32 classifier trained under autocast
 
 
 def test_the_training_command_plans_a_budget_and_keeps_the_plan(tmp_path, capsys):
