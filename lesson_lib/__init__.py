@@ -5,7 +5,7 @@ a circle, never through a function-level import.
 
 checks       argument checks whose errors name the argument, the value and what is allowed
 atomic       atomic file writes (temporary file, then rename)
-device       cuda, then mps, then cpu
+device       cuda, then mps, then cpu; the CPU's bf16 units (AMX or not)
 viz          image grids and PNG encoding
 data         MNIST (torchvision or the bundled subset) and 2-D toy data
 schedules    noise schedules (linear, cosine) and everything precomputed from them, float64

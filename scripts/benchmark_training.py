@@ -35,10 +35,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from lesson_lib.atomic import save_atomic, save_json_atomic
 from lesson_lib.data import load_mnist
 from lesson_lib.device import cpu_bf16_units
+from lesson_lib.loop import TrainConfig
 from lesson_lib.pretrained import load
 from lesson_lib.quality import FrechetReference
-from lesson_lib.recipes import MNIST_LIVE, MNIST_UNET, RECIPES, unet_recipe
+from lesson_lib.recipes import MNIST_UNET, RECIPES, unet_recipe
 from lesson_lib.train import run
+from lesson_lib.unet import UNetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -71,14 +73,22 @@ def _flow(name: str, about: str, p_uncond=0.5, **changes):
     return unet_recipe(name, about, config, train, p_uncond=p_uncond)
 
 
+# mnist_live before it moved to flow matching, the base of the live candidates: the eps loss with
+# min-SNR-5, attention at 14x14, peak lr 2e-3 ("live_eps").
+LIVE_EPS_UNET = UNetConfig(
+    base_channels=16, channel_mults=(1, 2), num_res_blocks=1, heads=2, dropout=0.0
+)
+LIVE_EPS_TRAIN = TrainConfig(1_000, batch_size=32, lr=2e-3, warmup=50, ema_decay=0.995, bf16=True)
+
+
 def _live(name: str, about: str, flow=False, **changes):
-    """``mnist_live`` with ``changes`` to its training settings or to its network's
+    """``live_eps`` with ``changes`` to its training settings or to its network's
     ``base_channels`` (width) and ``attn_levels``; ``flow``: trained by flow matching instead."""
-    live = RECIPES["mnist_live"]
     network = {k: changes.pop(k) for k in ("base_channels", "attn_levels") if k in changes}
-    config = replace(MNIST_LIVE, continuous_time=flow, **network)
+    config = replace(LIVE_EPS_UNET, continuous_time=flow, **network)
     gamma = None if flow else 5.0  # min-SNR weights the eps loss
-    return unet_recipe(name, about, config, replace(live.train, **changes), min_snr_gamma=gamma)
+    train = replace(LIVE_EPS_TRAIN, **changes)
+    return unet_recipe(name, about, config, train, min_snr_gamma=gamma)
 
 
 # Each lever alone, then together; `mnist` is the shipped recipe (float32, lr 1e-3, batch 64).
@@ -123,24 +133,26 @@ CANDIDATES = {
         ema_decay=0.998,
         lr=3e-3,
     ),
-    # Notebook 04's live run (--minutes 1.5): the recipe and its neighbours.
+    # Notebook 04's live run (--minutes 1.5): the recipe it had, its neighbours, and the winner,
+    # mnist_live as lesson_lib.recipes has it (live+flow+noattn+lr4e-3).
+    "live_eps": lambda: _live("live_eps", "mnist_live before flow matching: eps, min-SNR-5"),
     "mnist_live": lambda: RECIPES["mnist_live"],
     "live+lr4e-3+batch64": lambda: _live(
-        "live+lr4e-3+batch64", "mnist_live, peak lr 4e-3, batch 64", lr=4e-3, batch_size=64
+        "live+lr4e-3+batch64", "live_eps, peak lr 4e-3, batch 64", lr=4e-3, batch_size=64
     ),
-    "live+width24": lambda: _live("live+width24", "mnist_live, 24 channels", base_channels=24),
-    "live+float32": lambda: _live("live+float32", "mnist_live without bf16", bf16=False),
-    "live+noattn": lambda: _live("live+noattn", "mnist_live without attention", attn_levels=()),
+    "live+width24": lambda: _live("live+width24", "live_eps, 24 channels", base_channels=24),
+    "live+float32": lambda: _live("live+float32", "live_eps without bf16", bf16=False),
+    "live+noattn": lambda: _live("live+noattn", "live_eps without attention", attn_levels=()),
     "live+noattn+lr4e-3": lambda: _live(
-        "live+noattn+lr4e-3", "mnist_live without attention, peak lr 4e-3", attn_levels=(), lr=4e-3
+        "live+noattn+lr4e-3", "live_eps without attention, peak lr 4e-3", attn_levels=(), lr=4e-3
     ),
-    "live+flow": lambda: _live("live+flow", "mnist_live trained by flow matching", flow=True),
+    "live+flow": lambda: _live("live+flow", "live_eps trained by flow matching", flow=True),
     "live+flow+lr4e-3": lambda: _live(
-        "live+flow+lr4e-3", "mnist_live by flow matching, peak lr 4e-3", flow=True, lr=4e-3
+        "live+flow+lr4e-3", "live_eps by flow matching, peak lr 4e-3", flow=True, lr=4e-3
     ),
     "live+flow+noattn+lr4e-3": lambda: _live(
         "live+flow+noattn+lr4e-3",
-        "mnist_live by flow matching, without attention, peak lr 4e-3",
+        "live_eps by flow matching, without attention, peak lr 4e-3",
         flow=True,
         attn_levels=(),
         lr=4e-3,

@@ -211,3 +211,19 @@ def test_the_two_hour_comparison_in_the_docs_is_the_measured_one():
         "table of python scripts/benchmark_models.py --compare "
         + " ".join(f"'{label}={f}'" for label, f in rows.items())
     )
+
+
+def test_mnist_live_is_the_benchmarked_candidate_notebook_04_prints():
+    # Notebook 04 prints live+flow+noattn+lr4e-3's benchmark row as "this recipe".
+    import torch
+
+    from lesson_lib.recipes import RECIPES
+
+    candidate = _script("benchmark_training").CANDIDATES["live+flow+noattn+lr4e-3"]()
+    recipe = RECIPES["mnist_live"]
+    assert candidate.train == recipe.train and candidate.schedule is recipe.schedule is None
+    torch.manual_seed(0)
+    ours = candidate.make_model().state_dict()
+    torch.manual_seed(0)
+    theirs = recipe.make_model().state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
