@@ -1,7 +1,8 @@
 """Train a named recipe: ``python -m lesson_lib.train --config NAME --steps N --out DIR``.
 
-``--minutes M`` in place of ``--steps`` gives the run a wall-clock budget: a few steps are timed,
-the learning-rate schedule is planned for the steps that fit (written to ``DIR/plan.json``, so a
+``--minutes M`` in place of ``--steps`` gives the run a wall-clock budget: a few steps are timed
+(a ``bf16`` recipe's in both precisions, and the faster is kept: ``faster_precision``), the
+learning-rate schedule is planned for the steps that fit (written to ``DIR/plan.json``, so a
 resumed run keeps the plan) and re-planned as the run goes, at the pace it measures (the machine
 can run slower or faster than the timed steps said: loop.train's ``fit_to_time``), and the run
 stops on time with a checkpoint. The run's recorded command is then the ``--minutes`` one: the
