@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import torch
 
-__all__ = ["pick_device", "cpu_bf16_units"]
+__all__ = ["pick_device", "cpu_bf16_units", "cpu_description"]
 
 
 def pick_device() -> torch.device:
@@ -31,3 +32,10 @@ def cpu_bf16_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     if not found:
         return "no bf16 units"
     return ", ".join(found) + ("" if "amx_bf16" in flags else ", no AMX")
+
+
+def cpu_description(threads: int) -> str:
+    """What a CPU figure was measured on, e.g. "x86_64 CPU (avx512_bf16, no AMX), 2 threads"."""
+    return (
+        f"{platform.processor() or platform.machine()} CPU ({cpu_bf16_units()}), {threads} threads"
+    )

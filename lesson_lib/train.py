@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import signal
 import sys
@@ -33,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from .atomic import save_atomic, save_json_atomic
-from .device import cpu_bf16_units, pick_device
+from .device import cpu_description, pick_device
 from .loop import PLAN_MARGIN, TrainConfig, TrainResult, plan_steps, train
 from .manifest import RUN_INFO, ModelEntry, ship
 from .recipes import RECIPES, Recipe, get_recipe
@@ -44,10 +43,7 @@ def _hardware(device: torch.device, world: int) -> str:
     if device.type == "cuda":
         what = torch.cuda.get_device_name(device)
     else:
-        what = (
-            f"{platform.processor() or platform.machine()} CPU ({cpu_bf16_units()}), "
-            f"{torch.get_num_threads()} threads"
-        )
+        what = cpu_description(torch.get_num_threads())
     return f"{world} x {what}, torch {torch.__version__}"
 
 

@@ -12,8 +12,9 @@
 2. Seconds per training step (median over 10 steps after 3 warm-up steps) for each speed
    lever alone: bf16 autocast, ``channels_last``, ``torch.compile``, threads, batch size,
    network width, and notebook 04's live U-Net in both precisions. Whether bf16 pays depends on
-   the CPU's matrix units (AMX, listed under "device" with the other bf16 flags). The levers that change the arithmetic (bf16, width, batch) are scored for
-   quality by scripts/benchmark_training.py.
+   the CPU's matrix units (AMX, listed under "device" with the other bf16 flags). The levers
+   that change the arithmetic (bf16, width, batch) are scored for quality by
+   scripts/benchmark_training.py.
 Results: docs/benchmarks_training_speed.json, and the tables printed for docs/benchmarks.md.
 """
 
@@ -23,7 +24,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,7 +32,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from lesson_lib.atomic import save_json_atomic
-from lesson_lib.device import cpu_bf16_units
+from lesson_lib.device import cpu_description
 from lesson_lib.loop import train_step
 from lesson_lib.recipes import MNIST_UNET, RECIPES, unet_recipe
 
@@ -130,8 +130,7 @@ def main() -> None:
         return unet_recipe(f"width {base}", "", config, mnist.train, p_uncond=0.5)
 
     results = {
-        "device": f"{platform.processor() or platform.machine()} CPU ({cpu_bf16_units()}), "
-        f"{threads} threads",
+        "device": cpu_description(threads),
         "torch": torch.__version__,
         "breakdown_float32": breakdown(mnist),
         "breakdown_bf16": breakdown(bf16),

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lesson_lib.device import cpu_bf16_units, pick_device
+from lesson_lib.device import cpu_bf16_units, cpu_description, pick_device
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,8 @@ def test_cpu_bf16_units_reads_the_cpus_flags(tmp_path, flags, said):
     )
     assert cpu_bf16_units(cpuinfo) == said
     assert cpu_bf16_units(tmp_path / "none") == "bf16 units unknown"  # not Linux
+
+
+def test_cpu_description_names_the_bf16_units_and_threads():
+    said = cpu_description(3)
+    assert said.endswith(f" CPU ({cpu_bf16_units()}), 3 threads") and not said.startswith(" ")
