@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from benchmark_models import evaluate, evaluate_flow  # noqa: E402
 
 RESULTS = ROOT / "docs" / "benchmarks_training.json"
+NO_AMX = " on a CPU without AMX"  # the key suffix of a budget run on such a CPU
 FIGURE = ROOT / "docs" / "images" / "training_curves.png"
 
 
@@ -66,11 +67,10 @@ def _fast(name: str, about: str, p_uncond=0.5, **changes):
 
 
 def _flow(name: str, about: str, p_uncond=0.5, **changes):
-    """``mnist_flow`` (the ``mnist`` U-Net trained by flow matching) with bf16 and ``changes``
-    (TrainConfig fields), label dropout ``p_uncond``: scored by Euler over 50 flow times."""
-    config = replace(MNIST_UNET, continuous_time=True)
-    train = replace(RECIPES["mnist_flow"].train, bf16=True, **changes)
-    return unet_recipe(name, about, config, train, p_uncond=p_uncond)
+    """The ``mnist`` U-Net trained by flow matching (as ``mnist_flow``) with bf16, ``changes``
+    (TrainConfig fields) and label dropout ``p_uncond``: scored by Euler over 50 flow times."""
+    flow = replace(MNIST_UNET, continuous_time=True)
+    return _variant(name, about, flow, p_uncond, bf16=True, **changes)
 
 
 # mnist_live before it moved to flow matching, the base of the live candidates: the eps loss with
@@ -288,7 +288,7 @@ def budget_name(minutes: float, device: torch.device) -> str:
     """The results' key for a budget: its minutes, and whether the CPU lacks AMX, whose bf16 is
     slower than float32 (docs/benchmarks.md), so that two kinds of CPU are not mixed."""
     amx = device.type != "cpu" or "amx_bf16" in cpu_bf16_units()
-    return f"{minutes:g} minutes" + ("" if amx else " on a CPU without AMX")
+    return f"{minutes:g} minutes" + ("" if amx else NO_AMX)
 
 
 def report(results: dict) -> None:
@@ -332,7 +332,7 @@ def plot(results: dict) -> None:
     colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]
     for i, (budget, name, r) in enumerate(curves):
         minutes = [p["minutes"] for p in r["points"]]
-        style = "o--" if "without AMX" in budget else "o-"
+        style = "o--" if budget.endswith(NO_AMX) else "o-"
         for ax, key in zip(axes, ("unguided_fd_ratio", "guided_fd_ratio"), strict=True):
             ax.plot(minutes, [p[key] for p in r["points"]], style, color=colours[i % len(colours)],
                     label=f"{name} ({budget})")  # fmt: skip
