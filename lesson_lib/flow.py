@@ -26,7 +26,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checks import check_batched, check_flow_times, check_real, check_shape, check_tensor
+from .checks import (
+    check_batched,
+    check_choice,
+    check_flow_times,
+    check_real,
+    check_shape,
+    check_tensor,
+)
 from .conventions import at_step, velocity_from_eps
 from .forward import noise_like
 from .guidance import drop_labels
@@ -36,6 +43,9 @@ from .schedules import NoiseSchedule, as_timesteps, broadcast_like
 __all__ = ["flow_path", "flow_loss", "euler_sample", "vp_to_flow", "flow_times", "from_eps_model"]
 
 MATCH_TOL = 1e-6  # how near a flow time must be to a timestep's (float32 rounds s by ~6e-8)
+# How flow_loss draws s: uniform (Lipman et al. 2023), or logit-normal, s = sigmoid(n) with
+# n ~ N(0, 1), which trains the middle times most (Esser et al. 2024, SD3, Sec. 3.1 "lognorm(0, 1)").
+TIME_DRAWS = ("uniform", "logit_normal")
 
 
 def flow_path(x0: torch.Tensor, eps: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -54,15 +64,19 @@ def flow_loss(
     generator: torch.Generator | None = None,
     *,
     eps: torch.Tensor | None = None,
+    times: str = "uniform",
 ) -> torch.Tensor:
     """The conditional flow-matching loss ``|| v_theta(x_s, s) - (eps - x0) ||^2``, s ~ U(0, 1)
-    (Lipman et al. 2023, Eq. 23 with sigma_min = 0). ``y``: (B,) labels, dropped to the null label
-    with probability ``p_uncond`` (Ho & Salimans 2022), or None. ``eps`` (like x0): the noise end
-    of each path, drawn fresh when None; reflow passes the noise its pair came from (Liu et al.
-    2023, Algorithm 1)."""
+    (Lipman et al. 2023, Eq. 23 with sigma_min = 0), or s logit-normal for ``times="logit_normal"``
+    (``TIME_DRAWS``). ``y``: (B,) labels, dropped to the null label with probability ``p_uncond``
+    (Ho & Salimans 2022), or None. ``eps`` (like x0): the noise end of each path, drawn fresh when
+    None; reflow passes the noise its pair came from (Liu et al. 2023, Algorithm 1)."""
     check_tensor("x0", x0)
     check_real("p_uncond", p_uncond, low=0.0, high=1.0)
-    s = torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
+    check_choice("times", times, TIME_DRAWS)
+    draw = torch.rand if times == "uniform" else torch.randn
+    s = draw(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
+    s = s if times == "uniform" else torch.sigmoid(s)  # logit-normal: s = sigmoid(n)
     if eps is None:
         eps = noise_like(x0, generator=generator)
     cond = {} if y is None else {"y": drop_labels(y, p_uncond, generator=generator)}

@@ -77,23 +77,27 @@ def unet_recipe(
     train: TrainConfig,
     p_uncond: float = 0.1,
     min_snr_gamma: float | None = None,
+    flow_times: str = "uniform",
 ) -> Recipe:
     """A class-conditional U-Net on the bundled digits: a diffusion model (eps loss, linear
     schedule, DDIM snapshots; ``min_snr_gamma`` weights the loss, losses.diffusion_loss), or for
-    a ``continuous_time`` config a flow model (velocity loss, Euler snapshots). Snapshots take 25
-    steps with guidance w = 3."""
+    a ``continuous_time`` config a flow model (velocity loss with flow times drawn as
+    ``flow_times`` says, flow.TIME_DRAWS; Euler snapshots). Snapshots take 25 steps with
+    guidance w = 3."""
     if config.continuous_time:
         if min_snr_gamma is not None:
             raise ValueError(f"min_snr_gamma={min_snr_gamma} weights the eps loss: not for flow")
         schedule = None
 
         def loss(model, batch, generator):
-            return flow_loss(model, batch[0], batch[1], p_uncond, generator)
+            return flow_loss(model, batch[0], batch[1], p_uncond, generator, times=flow_times)
 
         def sample_grid(model, noise, labels):
             s = torch.linspace(1, 0, 26, dtype=torch.float64)
             return euler_sample(cfg(model, 3.0), noise, s, y=labels)
     else:
+        if flow_times != "uniform":
+            raise ValueError(f"flow_times={flow_times!r} draws flow times: not for the eps loss")
         schedule = NoiseSchedule.linear(config.num_timesteps)
 
         def loss(model, batch, generator):

@@ -1,10 +1,12 @@
-"""The diffusion loss: the noise it regresses, the timesteps it draws, label dropout, min-SNR."""
+"""The diffusion loss: the noise it regresses, the timesteps it draws, label dropout, min-SNR;
+a recipe's loss options (min-SNR for eps, flow times for flow)."""
 
 from dataclasses import replace
 
 import pytest
 import torch
 
+from lesson_lib.flow import flow_loss
 from lesson_lib.guidance import NULL_LABEL
 from lesson_lib.loop import TrainConfig
 from lesson_lib.losses import diffusion_loss
@@ -97,3 +99,20 @@ def test_min_snr_gamma_is_checked_and_refused_for_flow():
     with pytest.raises(ValueError, match="min_snr_gamma"):
         unet_recipe("x", "x", replace(MNIST_UNET, continuous_time=True), TrainConfig(steps=1),
                     min_snr_gamma=5.0)  # fmt: skip
+
+
+def test_a_flow_recipe_draws_the_flow_times_it_names():
+    """unet_recipe(flow_times=...) trains with those times: its loss is flow_loss's with them."""
+    config = replace(MNIST_UNET, continuous_time=True)
+    recipe = unet_recipe("x", "x", config, TrainConfig(steps=1), flow_times="logit_normal")
+    model = lambda x, s, y=None: x * s[:, None, None, None]  # noqa: E731
+    x0, y = (
+        torch.randn(64, 1, 2, 2, generator=torch.Generator().manual_seed(0)),
+        torch.arange(64) % 10,
+    )
+    got = recipe.loss(model, [x0, y], torch.Generator().manual_seed(1))
+    for times, same in (("logit_normal", True), ("uniform", False)):
+        g = torch.Generator().manual_seed(1)
+        assert torch.equal(got, flow_loss(model, x0, y, 0.1, g, times=times)) is same
+    with pytest.raises(ValueError, match="flow_times='logit_normal' draws flow times"):
+        unet_recipe("x", "x", MNIST_UNET, TrainConfig(steps=1), flow_times="logit_normal")
