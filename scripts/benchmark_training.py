@@ -47,23 +47,23 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from benchmark_models import evaluate, evaluate_flow  # noqa: E402
 
 RESULTS = ROOT / "docs" / "benchmarks_training.json"
-NO_AMX = " on a CPU without AMX"  # the key suffix of a budget run on such a CPU
+NO_AMX = " on a CPU without AMX"  # in the key of a budget run on such a CPU
 FIGURE = ROOT / "docs" / "images" / "training_curves.png"
 
 
 def _variant(name: str, about: str, config=MNIST_UNET, p_uncond=0.5, **changes):
     """The shipped ``mnist`` recipe (or, given ``config`` and ``p_uncond``, another U-Net) with
-    ``changes``: training settings (TrainConfig fields) and ``min_snr_gamma``."""
-    gamma = changes.pop("min_snr_gamma", None)
+    ``changes``: training settings (TrainConfig fields), ``min_snr_gamma`` and ``flow_times``."""
+    loss = {k: changes.pop(k) for k in ("min_snr_gamma", "flow_times") if k in changes}
     train = replace(RECIPES["mnist"].train, **changes)
-    return unet_recipe(name, about, config, train, p_uncond=p_uncond, min_snr_gamma=gamma)
+    return unet_recipe(name, about, config, train, p_uncond=p_uncond, **loss)
 
 
-def _fast(name: str, about: str, p_uncond=0.5, **changes):
-    """``mnist_fast`` (bf16, min-SNR-5, peak lr 2e-3) with ``changes`` (TrainConfig fields) and
-    label dropout ``p_uncond``."""
+def _fast(name: str, about: str, p_uncond=0.5, config=MNIST_UNET, **changes):
+    """``mnist_fast`` (bf16, min-SNR-5, peak lr 2e-3) with ``changes`` (TrainConfig fields),
+    label dropout ``p_uncond`` and the U-Net ``config``."""
     levers = {"bf16": True, "min_snr_gamma": 5.0, "lr": 2e-3} | changes
-    return _variant(name, about, p_uncond=p_uncond, **levers)
+    return _variant(name, about, config, p_uncond, **levers)
 
 
 def _flow(name: str, about: str, p_uncond=0.5, **changes):
@@ -124,6 +124,24 @@ CANDIDATES = {
         ema_decay=0.998,
         lr=3e-3,
     ),
+    # The network, on top of the best eps recipe: without the 7x7 attention (a fifth cheaper a
+    # step in bf16 on the AMX machine), and half the width (a quarter of the parameters).
+    "fast+uncond0.7+ema0.998+lr3e-3+noattn": lambda: _fast(
+        "fast+uncond0.7+ema0.998+lr3e-3+noattn",
+        "fast+uncond0.7+ema0.998+lr3e-3 without attention",
+        0.7,
+        replace(MNIST_UNET, attn_levels=()),
+        ema_decay=0.998,
+        lr=3e-3,
+    ),
+    "fast+uncond0.7+ema0.998+lr3e-3+width16": lambda: _fast(
+        "fast+uncond0.7+ema0.998+lr3e-3+width16",
+        "fast+uncond0.7+ema0.998+lr3e-3 with 16 base channels (0.30M parameters)",
+        0.7,
+        replace(MNIST_UNET, base_channels=16),
+        ema_decay=0.998,
+        lr=3e-3,
+    ),
     # The prediction target: flow matching (notebook 09) with the levers above but min-SNR,
     # which weights the eps loss.
     "flow+uncond0.7+ema0.998+lr3e-3": lambda: _flow(
@@ -132,6 +150,15 @@ CANDIDATES = {
         0.7,
         ema_decay=0.998,
         lr=3e-3,
+    ),
+    # Flow times drawn logit-normal (Esser et al. 2024): the middle times trained most.
+    "flow+uncond0.7+ema0.998+lr3e-3+logitnormal": lambda: _flow(
+        "flow+uncond0.7+ema0.998+lr3e-3+logitnormal",
+        "flow+uncond0.7+ema0.998+lr3e-3 with logit-normal flow times (SD3's lognorm(0, 1))",
+        0.7,
+        ema_decay=0.998,
+        lr=3e-3,
+        flow_times="logit_normal",
     ),
     # Notebook 04's live run (--minutes 1.5): the recipe it had, its neighbours, and the winner,
     # mnist_live as lesson_lib.recipes has it (live+flow+noattn+lr4e-3).
@@ -245,6 +272,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per candidate")
     parser.add_argument("--marks", default="5,10", help="minutes at which the weights are scored")
     parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated")
+    parser.add_argument(
+        "--label",
+        help="added to the budget's results key, to keep one session's side-by-side apart "
+        "(machines of the same kind differ in speed from one day to the next)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
@@ -264,8 +296,8 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cpu":  # the reference machine's 2 cores, unless OMP_NUM_THREADS says
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
-    key = budget_name(args.minutes, device)
-    folder = ROOT / "runs" / f"bench_{key.replace(' ', '_')}"
+    key = budget_name(args.minutes, device) + (f", {args.label}" if args.label else "")
+    folder = ROOT / "runs" / f"bench_{key.replace(' ', '_').replace(',', '')}"
     for name in names:  # every candidate trains before any is scored: the same quiet machine
         train_candidate(name, args.minutes, marks, folder / name, device)
 
@@ -332,7 +364,7 @@ def plot(results: dict) -> None:
     colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]
     for i, (budget, name, r) in enumerate(curves):
         minutes = [p["minutes"] for p in r["points"]]
-        style = "o--" if budget.endswith(NO_AMX) else "o-"
+        style = "o--" if NO_AMX in budget else "o-"
         for ax, key in zip(axes, ("unguided_fd_ratio", "guided_fd_ratio"), strict=True):
             ax.plot(minutes, [p[key] for p in r["points"]], style, color=colours[i % len(colours)],
                     label=f"{name} ({budget})")  # fmt: skip
