@@ -74,9 +74,11 @@ def flow_loss(
     check_tensor("x0", x0)
     check_real("p_uncond", p_uncond, low=0.0, high=1.0)
     check_choice("times", times, TIME_DRAWS)
-    draw = torch.rand if times == "uniform" else torch.randn
-    s = draw(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
-    s = s if times == "uniform" else torch.sigmoid(s)  # logit-normal: s = sigmoid(n)
+    like = {"generator": generator, "device": x0.device, "dtype": x0.dtype}
+    if times == "uniform":
+        s = torch.rand(x0.shape[0], **like)
+    else:  # logit-normal: s = sigmoid(n), n ~ N(0, 1)
+        s = torch.sigmoid(torch.randn(x0.shape[0], **like))
     if eps is None:
         eps = noise_like(x0, generator=generator)
     cond = {} if y is None else {"y": drop_labels(y, p_uncond, generator=generator)}
