@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.ship and (world == 1 or dist.get_rank() == 0):
         ship(args.out)
     if world > 1:
+        # every rank leaves together: a rank that tears gloo down while rank 0 still writes the
+        # model can abort ("terminate called without an active exception")
+        dist.barrier()
         dist.destroy_process_group()
 
 

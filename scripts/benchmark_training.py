@@ -60,8 +60,8 @@ def _variant(name: str, about: str, config=MNIST_UNET, p_uncond=0.5, **changes):
 
 
 def _fast(name: str, about: str, p_uncond=0.5, config=MNIST_UNET, **changes):
-    """``bf16+minsnr5+lr2e-3`` (bf16, min-SNR-5, peak lr 2e-3; mnist_fast as it was first) with ``changes`` (TrainConfig fields),
-    label dropout ``p_uncond`` and the U-Net ``config``."""
+    """``bf16+minsnr5+lr2e-3`` (bf16, min-SNR-5, peak lr 2e-3: mnist_fast as it was first)
+    with ``changes`` (TrainConfig fields), label dropout ``p_uncond`` and the U-Net ``config``."""
     levers = {"bf16": True, "min_snr_gamma": 5.0, "lr": 2e-3} | changes
     return _variant(name, about, config, p_uncond, **levers)
 
@@ -112,7 +112,7 @@ CANDIDATES = {
     ),
     "fast+uncond0.7+ema0.998+lr3e-3": lambda: _fast(
         "fast+uncond0.7+ema0.998+lr3e-3",
-        "mnist_fast, label dropout 0.7, EMA 0.998, peak lr 3e-3",
+        "bf16+minsnr5+lr2e-3, label dropout 0.7, EMA 0.998, peak lr 3e-3",
         0.7,
         ema_decay=0.998,
         lr=3e-3,
@@ -121,7 +121,7 @@ CANDIDATES = {
     # fit_to_time): the one above stopped on time at 77% of its plan, its schedule unfinished.
     "fast+uncond0.7+ema0.998+lr3e-3+replanned": lambda: _fast(
         "fast+uncond0.7+ema0.998+lr3e-3+replanned",
-        "mnist_fast, label dropout 0.7, EMA 0.998, peak lr 3e-3; steps re-planned on the way",
+        "bf16+minsnr5+lr2e-3, label dropout 0.7, EMA 0.998, peak lr 3e-3; steps re-planned on the way",
         0.7,
         ema_decay=0.998,
         lr=3e-3,

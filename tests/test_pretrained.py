@@ -12,7 +12,7 @@ from lesson_lib.metrics import accuracy, predict
 from lesson_lib.samplers import ddim_sample
 from lesson_lib.schedules import NoiseSchedule
 
-SHIPPED = ["mnist", "mnist_classifier"]
+SHIPPED = ["mnist", "mnist_classifier", "mnist_fast"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -62,8 +62,9 @@ def test_shipped_classifier_reads_held_out_digits():
 
 
 @pytest.mark.slow
-def test_shipped_model_draws_the_asked_digits():
-    shipped, classifier = pretrained.load("mnist"), pretrained.load("mnist_classifier").model
+@pytest.mark.parametrize("name", ["mnist", "mnist_fast"])  # two hours; 30 minutes by the clock
+def test_shipped_model_draws_the_asked_digits(name):
+    shipped, classifier = pretrained.load(name), pretrained.load("mnist_classifier").model
     labels = torch.arange(10).repeat(2)
     x_T = torch.randn(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     x = ddim_sample(cfg(shipped.model, 3.0), shipped.schedule, x_T, 20, y=labels)
