@@ -130,10 +130,13 @@ def header_line(entry: dict, times: dict) -> str:
 
 def readme_note(times: dict) -> str:
     m = times["machine"]
+    # a run of some notebooks leaves the others' dates as they were
+    dates = sorted({e.get("measured", times["measured"]) for e in times["notebooks"].values()})
+    when = f"on {dates[0]}" if len(dates) == 1 else f"between {dates[0]} and {dates[-1]}"
     return (
         f"Run times: one run of each notebook top to bottom in a fresh kernel, measured by "
-        f"`python scripts/measure_notebooks.py` on {times['measured']} ({m['cpu']}, {m['cores']} "
-        f"cores, torch {m['torch']} with {m['torch_threads']} threads, OMP_NUM_THREADS "
+        f"`python scripts/measure_notebooks.py` {when} ({m['cpu']}, {m['cores']} cores, torch "
+        f"{m['torch']} with {m['torch_threads']} threads, OMP_NUM_THREADS "
         f"{m['OMP_NUM_THREADS']}). {times['where'][0].upper() + times['where'][1:]}."
     )
 
@@ -198,6 +201,8 @@ def main() -> None:
         paths = notebooks()
         if args.names:
             paths = [p for p in paths if p.stem in args.names or p.name in args.names]
+        for entry in times["notebooks"].values():  # each keeps the date it was measured on
+            entry.setdefault("measured", times["measured"])
         times["machine"] = machine()
         times["measured"] = datetime.date.today().isoformat()
         times["load_average_before"] = load_average()  # 1, 5 and 15 minutes
@@ -209,6 +214,7 @@ def main() -> None:
             print(f"{path.name} ...", flush=True)
             before = load_average()
             times["notebooks"][path.name] = entry = run_one(path, args.timeout)
+            entry["measured"] = times["measured"]
             entry["load_average_before"] = before
             entry["load_average_after"] = load_average()
             print(

@@ -173,6 +173,16 @@ def test_readme_run_times_are_the_measured_ones():
     )
 
 
+def test_the_run_times_note_names_each_date_the_notebooks_were_measured_on():
+    # measuring one notebook again must not re-date the others' figures
+    times = {**_notebook_times(), "measured": "2026-12-08"}
+    times["notebooks"] = {"a.ipynb": {"measured": "2026-12-02"}, "b.ipynb": {}}
+    note = _measure_notebooks().readme_note
+    assert "measure_notebooks.py` between 2026-12-02 and 2026-12-08 (" in note(times)
+    times["notebooks"]["a.ipynb"]["measured"] = "2026-12-08"
+    assert "measure_notebooks.py` on 2026-12-08 (" in note(times)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_header_run_time_is_the_measured_one(path):
     measure, times = _measure_notebooks(), _notebook_times()
