@@ -66,6 +66,12 @@ def _fast(name: str, about: str, p_uncond=0.5, config=MNIST_UNET, **changes):
     return _variant(name, about, config, p_uncond, **levers)
 
 
+def _best(name: str, about: str, config=MNIST_UNET, p_uncond=0.7, **changes):
+    """``fast+uncond0.7+ema0.998+lr3e-3`` (``_fast`` with label dropout 0.7, EMA 0.998, peak lr
+    3e-3) with the U-Net ``config``, label dropout ``p_uncond`` and ``changes``."""
+    return _fast(name, about, p_uncond, config, **({"ema_decay": 0.998, "lr": 3e-3} | changes))
+
+
 def _flow(name: str, about: str, p_uncond=0.5, **changes):
     """The ``mnist`` U-Net trained by flow matching (as ``mnist_flow``) with bf16, ``changes``
     (TrainConfig fields) and label dropout ``p_uncond``: scored by Euler over 50 flow times."""
@@ -110,54 +116,37 @@ CANDIDATES = {
     "fast+uncond0.7": lambda: _fast(
         "fast+uncond0.7", "bf16+minsnr5+lr2e-3, label dropout 0.7", 0.7
     ),
-    "fast+uncond0.7+ema0.998+lr3e-3": lambda: _fast(
+    "fast+uncond0.7+ema0.998+lr3e-3": lambda: _best(
         "fast+uncond0.7+ema0.998+lr3e-3",
         "bf16+minsnr5+lr2e-3, label dropout 0.7, EMA 0.998, peak lr 3e-3",
-        0.7,
-        ema_decay=0.998,
-        lr=3e-3,
     ),
     # The same, trained after --minutes runs began to re-plan their steps (loop.train's
     # fit_to_time): the one above stopped on time at 77% of its plan, its schedule unfinished.
-    "fast+uncond0.7+ema0.998+lr3e-3+replanned": lambda: _fast(
+    "fast+uncond0.7+ema0.998+lr3e-3+replanned": lambda: _best(
         "fast+uncond0.7+ema0.998+lr3e-3+replanned",
         "bf16+minsnr5+lr2e-3, label dropout 0.7, EMA 0.998, peak lr 3e-3; steps re-planned on the way",
-        0.7,
-        ema_decay=0.998,
-        lr=3e-3,
     ),
     # The network, on top of the best eps recipe: without the 7x7 attention (a fifth cheaper a
     # step in bf16 on the AMX machine), and half the width (a quarter of the parameters).
-    "fast+uncond0.7+ema0.998+lr3e-3+noattn": lambda: _fast(
+    "fast+uncond0.7+ema0.998+lr3e-3+noattn": lambda: _best(
         "fast+uncond0.7+ema0.998+lr3e-3+noattn",
         "fast+uncond0.7+ema0.998+lr3e-3 without attention",
-        0.7,
         replace(MNIST_UNET, attn_levels=()),
-        ema_decay=0.998,
-        lr=3e-3,
     ),
-    "fast+uncond0.7+ema0.998+lr3e-3+width16": lambda: _fast(
+    "fast+uncond0.7+ema0.998+lr3e-3+width16": lambda: _best(
         "fast+uncond0.7+ema0.998+lr3e-3+width16",
         "fast+uncond0.7+ema0.998+lr3e-3 with 16 base channels (0.30M parameters)",
-        0.7,
         MNIST_FAST,
-        ema_decay=0.998,
-        lr=3e-3,
     ),
     # mnist_fast as lesson_lib.recipes has it (fast+uncond0.7+ema0.998+lr3e-3+width16), and its
     # neighbours: a higher peak lr (a smaller network takes more), more label dropout (guided
     # samples were the asked digit at every mark, so the unguided side can have more batches).
     "mnist_fast": lambda: RECIPES["mnist_fast"],
-    "mnist_fast+lr5e-3": lambda: _fast(
-        "mnist_fast+lr5e-3", "mnist_fast, peak lr 5e-3", 0.7, MNIST_FAST, ema_decay=0.998, lr=5e-3
+    "mnist_fast+lr5e-3": lambda: _best(
+        "mnist_fast+lr5e-3", "mnist_fast, peak lr 5e-3", MNIST_FAST, lr=5e-3
     ),
-    "mnist_fast+uncond0.85": lambda: _fast(
-        "mnist_fast+uncond0.85",
-        "mnist_fast, label dropout 0.85",
-        0.85,
-        MNIST_FAST,
-        ema_decay=0.998,
-        lr=3e-3,
+    "mnist_fast+uncond0.85": lambda: _best(
+        "mnist_fast+uncond0.85", "mnist_fast, label dropout 0.85", MNIST_FAST, 0.85
     ),
     # The prediction target: flow matching (notebook 09) with the levers above but min-SNR,
     # which weights the eps loss.

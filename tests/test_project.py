@@ -274,7 +274,7 @@ def test_mnist_fast_is_shipped_from_its_benchmark_run():
     from lesson_lib.manifest import read_entry
     from lesson_lib.recipes import RECIPES
 
-    results = json.loads((ROOT / "docs" / "benchmarks_training.json").read_text())
+    results = json.loads(_script("benchmark_training").RESULTS.read_text())
     run = results[MNIST_FAST_RUN]["mnist_fast"]
     assert RECIPES["mnist_fast"].train.steps == run["planned_steps"]
     # the shipped weights are that run's, and the manifest says what it measured of them
