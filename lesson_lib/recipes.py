@@ -133,8 +133,8 @@ MNIST_TRAIN = TrainConfig(steps=15_000, batch_size=64, lr=1e-3, warmup=200, ema_
 MNIST_FAST = replace(MNIST_UNET, base_channels=16)
 
 # Notebook 04's live run: half the shipped width, two levels (28 -> 14), attention only in the
-# middle block, trained by flow matching: in 1.5 minutes of the 2-core CPU it draws digits, where the eps loss of the same
-# U-Net (with 14x14 attention) still drew blobs (docs/benchmarks.md).
+# middle block, trained by flow matching: in 1.5 minutes of the 2-core CPU it draws digits, where
+# the eps loss of the same U-Net (with 14x14 attention) still drew blobs (docs/benchmarks.md).
 MNIST_LIVE = UNetConfig(
     base_channels=16,
     channel_mults=(1, 2),
@@ -221,7 +221,8 @@ RECIPES: dict[str, Recipe] = {
         unet_recipe(
             "mnist_live",
             "a small U-Net for notebook 04's live run (--minutes 1.5), trained by flow matching: "
-            "attention only in the middle, peak lr 4e-3, bf16 autocast where faster, label dropout 0.1",
+            "attention only in the middle, peak lr 4e-3, bf16 autocast where faster, "
+            "label dropout 0.1",
             MNIST_LIVE,
             TrainConfig(1_000, batch_size=32, lr=4e-3, warmup=50, ema_decay=0.995, bf16=True),
         ),
