@@ -7,8 +7,9 @@ Quality: DDIM 50 steps, eta 0, fixed seed, 200 samples (20 per digit) guided wit
 unguided samples, each scored by the shipped classifier (accuracy, digit histogram, Fréchet
 distance beside the real-vs-real floor, nearest-neighbour novelty). ``--ddpm`` adds DDPM-1000 on
 the same noise. ``--anchor DIR`` scores the diffusers anchor (scripts/anchor.py) the same way;
-``--course DIR`` scores a course U-Net from a run folder (e.g. ``anchor.py --model course``, for
-a comparison at the same wall-clock budget) in place of the shipped one. ``--clip-x0`` clamps
+``--course DIR`` scores a course U-Net from a run folder (``python -m lesson_lib.train --out DIR``,
+any recipe's network, or ``anchor.py --model course``, for a comparison at the same wall-clock
+budget) in place of the shipped one. ``--clip-x0`` clamps
 each predicted x0 to [-1, 1] while sampling (diffusers' schedulers do by default).
 Noise-prediction error: the MSE of eps on 200 held-out digits at a few timesteps, with labels
 and without (where in the reverse process a model's samples go wrong).
@@ -220,18 +221,22 @@ def flow_markdown(results: dict) -> str:
 
 def comparison_markdown(results: dict[str, dict]) -> str:
     """A docs/benchmarks.md table of course U-Nets, one row per results file of this script run
-    with ``--ddpm``: ``results`` maps each row's label to its file's contents."""
+    with ``--ddpm``: ``results`` maps each row's label to its file's contents. The cost per call
+    is also given as a share of the anchor's, timed in the same run: machines of one kind differ
+    from day to day, the share much less."""
     lines = [
-        "| model | guided w = 3: asked digit | guided: Fréchet / floor "
-        "| unguided: Fréchet / floor | DDPM-1000 unguided: Fréchet / floor |",
-        "|---|---|---|---|---|",
+        "| model | parameters | s per call, batch 64 (/ the anchor's, timed in turns) "
+        "| guided w = 3: asked digit "
+        "| guided: Fréchet / floor | unguided: Fréchet / floor "
+        "| DDPM-1000 unguided: Fréchet / floor |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, r in results.items():
-        g, u, d = (
-            r["course"][k] for k in ("ddim50_guided_w3", "ddim50_unguided", "ddpm1000_unguided")
-        )
+        c, call = r["course"], r["course"]["s_per_call_b64"]
+        g, u, d = (c[k] for k in ("ddim50_guided_w3", "ddim50_unguided", "ddpm1000_unguided"))
         lines.append(
-            f"| {label} | {g['accuracy']:.1%} "
+            f"| {label} | {c['parameters']:,} "
+            f"| {call:.3f} ({call / r['anchor']['s_per_call_b64']:.2f}) | {g['accuracy']:.1%} "
             f"| {g['fd']:.2f} / {g['fd_floor']:.2f} = {g['fd_ratio']:.2f}x "
             f"| {u['fd']:.2f} / {u['fd_floor']:.2f} = {u['fd_ratio']:.2f}x | {d['fd_ratio']:.2f}x |"
         )
@@ -353,9 +358,13 @@ def main() -> None:
         flow_benchmark(args, results, shipped, reference, train, heldout, device)
         return
     if args.course:
-        state = torch.load(args.course / "model.pt", map_location=device, weights_only=True)
-        shipped.model.load_state_dict(state)
-        results["course_training"] = json.loads((args.course / "info.json").read_text())
+        info = json.loads((args.course / "info.json").read_text())
+        if "recipe" in info:  # a lesson_lib.train run: its recipe's network, which may be another
+            shipped = load_run(args.course, device)
+        else:  # scripts/anchor.py --model course: the mnist network
+            state = torch.load(args.course / "model.pt", map_location=device, weights_only=True)
+            shipped.model.load_state_dict(state)
+        results["course_training"] = info
     from anchor import Anchor
 
     anchor = Anchor().to(device).eval()  # its cost does not depend on its weights

@@ -217,6 +217,9 @@ def test_the_two_hour_comparison_in_the_docs_is_the_measured_one():
         "`bf16+minsnr5+lr2e-3` (the first `mnist_fast`), 120 minutes": (
             "docs/benchmarks_models_fast120.json"
         ),
+        "`mnist_fast`'s recipe (half the width) planned for 120 minutes": (
+            "docs/benchmarks_models_half120.json"
+        ),
     }
     results = {label: json.loads((ROOT / f).read_text()) for label, f in rows.items()}
     assert _script("benchmark_models").comparison_markdown(results) in docs, (
